@@ -156,7 +156,9 @@ class CLIPTextConfig(_ConfigBase):
 
     def validate(self) -> None:
         _check_common("CLIPTextConfig", self)
-        _check_positive("CLIPTextConfig", vocab_size=self.vocab_size, max_position_embeddings=self.max_position_embeddings)
+        _check_positive(
+            "CLIPTextConfig", vocab_size=self.vocab_size, max_position_embeddings=self.max_position_embeddings
+        )
 
     @property
     def uses_legacy_eos_pooling(self) -> bool:
@@ -190,7 +192,10 @@ class CLIPVisionConfig(_ConfigBase):
     def validate(self) -> None:
         _check_common("CLIPVisionConfig", self)
         _check_positive(
-            "CLIPVisionConfig", num_channels=self.num_channels, image_size=self.image_size, patch_size=self.patch_size
+            "CLIPVisionConfig",
+            num_channels=self.num_channels,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
         )
         if self.image_size % self.patch_size:
             raise ConfigError(
@@ -226,13 +231,23 @@ class CLIPConfig(_ConfigBase):
 
     def validate(self) -> None:
         _check_positive("CLIPConfig", projection_dim=self.projection_dim)
-        if not isinstance(self.logit_scale_init_value, (int, float)) or not math.isfinite(self.logit_scale_init_value):
-            raise ConfigError(f"CLIPConfig.logit_scale_init_value must be a finite number, got {self.logit_scale_init_value!r}")
-        if not isinstance(self.text_config, CLIPTextConfig) or not isinstance(self.vision_config, CLIPVisionConfig):
-            raise ConfigError("CLIPConfig needs a CLIPTextConfig and a CLIPVisionConfig (or dicts of their fields)")
+        if not isinstance(self.logit_scale_init_value, (int, float)) or not math.isfinite(
+            self.logit_scale_init_value
+        ):
+            raise ConfigError(
+                f"CLIPConfig.logit_scale_init_value must be a finite number, got {self.logit_scale_init_value!r}"
+            )
+        if not isinstance(self.text_config, CLIPTextConfig) or not isinstance(
+            self.vision_config, CLIPVisionConfig
+        ):
+            raise ConfigError(
+                "CLIPConfig needs a CLIPTextConfig and a CLIPVisionConfig (or dicts of their fields)"
+            )
 
     @classmethod
-    def from_text_vision_configs(cls, text_config: CLIPTextConfig, vision_config: CLIPVisionConfig, **kwargs: Any):
+    def from_text_vision_configs(
+        cls, text_config: CLIPTextConfig, vision_config: CLIPVisionConfig, **kwargs: Any
+    ):
         return cls(text_config=text_config, vision_config=vision_config, **kwargs)
 
     @classmethod

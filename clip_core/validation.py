@@ -34,7 +34,9 @@ def check_input_ids(shape: Sequence[int], config, id_range: tuple[int, int] | No
 
 def check_attention_mask(mask_shape: Sequence[int] | None, ids_shape: Sequence[int]) -> None:
     if mask_shape is not None and tuple(mask_shape) != tuple(ids_shape):
-        raise ValueError(f"attention_mask shape {tuple(mask_shape)} must equal input_ids shape {tuple(ids_shape)}")
+        raise ValueError(
+            f"attention_mask shape {tuple(mask_shape)} must equal input_ids shape {tuple(ids_shape)}"
+        )
 
 
 def check_position_ids(shape: Sequence[int] | None, ids_shape: Sequence[int]) -> None:

@@ -126,10 +126,14 @@ def select_for_model(state: Mapping[str, np.ndarray], config, kind: str) -> dict
     ]
     problems = []
     if missing:
-        problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
+        problems.append(
+            f"missing {len(missing)} tensor(s): {', '.join(missing[:10])}"
+            + (" ..." if len(missing) > 10 else "")
+        )
     if unexpected:
         problems.append(
-            f"unexpected {len(unexpected)} tensor(s): {', '.join(unexpected[:10])}" + (" ..." if len(unexpected) > 10 else "")
+            f"unexpected {len(unexpected)} tensor(s): {', '.join(unexpected[:10])}"
+            + (" ..." if len(unexpected) > 10 else "")
         )
     if wrong:
         problems.append(f"wrong shape for {len(wrong)} tensor(s): {'; '.join(wrong[:10])}")
@@ -265,3 +269,21 @@ def write_safetensors(state: Mapping[str, np.ndarray], path: str | os.PathLike) 
     arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
     with atomic_path(path) as tmp:
         save_file(arrays, tmp, metadata={"format": "pt"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole checkpoints
+
+
+def load_state_dict(pretrained: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Canonical tensors from a folder, a single weights file, or a Hub id (through its cache)."""
+    from clip_core.files import resolve_file
+
+    return read_safetensors(resolve_file(pretrained, SAFETENSORS_NAME))
+
+
+def save_state_dict(state: Mapping[str, np.ndarray], folder: str | os.PathLike) -> list[str]:
+    """Write ``state`` into ``folder`` as model.safetensors; returns the paths written."""
+    path = os.path.join(os.fspath(folder), SAFETENSORS_NAME)
+    write_safetensors(state, path)
+    return [path]

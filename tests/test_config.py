@@ -8,10 +8,25 @@ from clip_core.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, Confi
 def test_defaults_are_vit_b32():
     c = CLIPConfig()
     t, v = c.text_config, c.vision_config
-    assert (t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads) == (512, 2048, 12, 8)
-    assert (t.vocab_size, t.max_position_embeddings, t.hidden_act, t.layer_norm_eps) == (49408, 77, "quick_gelu", 1e-5)
+    assert (t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads) == (
+        512,
+        2048,
+        12,
+        8,
+    )
+    assert (t.vocab_size, t.max_position_embeddings, t.hidden_act, t.layer_norm_eps) == (
+        49408,
+        77,
+        "quick_gelu",
+        1e-5,
+    )
     assert (t.bos_token_id, t.eos_token_id, t.pad_token_id) == (49406, 49407, 1)
-    assert (v.hidden_size, v.intermediate_size, v.num_hidden_layers, v.num_attention_heads) == (768, 3072, 12, 12)
+    assert (v.hidden_size, v.intermediate_size, v.num_hidden_layers, v.num_attention_heads) == (
+        768,
+        3072,
+        12,
+        12,
+    )
     assert (v.image_size, v.patch_size, v.num_channels) == (224, 32, 3)
     assert c.projection_dim == 512 and c.logit_scale_init_value == 2.6592
 
