@@ -266,7 +266,8 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def write_safetensors(state: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
     from safetensors.numpy import save_file
 
-    arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    # not ascontiguousarray: it turns a 0-d logit_scale into shape (1,)
+    arrays = {k: np.asarray(v, order="C") for k, v in state.items()}
     with atomic_path(path) as tmp:
         save_file(arrays, tmp, metadata={"format": "pt"})
 

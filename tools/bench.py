@@ -1,0 +1,203 @@
+"""Side-by-side speed of our backends and transformers', on the same weights, inputs and machine.
+
+    python tools/bench.py [--quick] [--only torch,tf] [--out bench.json]
+
+Every section builds its model from the same random ViT-B/32-shaped weights (fixed seed), times a
+warm-up and then the median of several runs, and reports ours and theirs from the same run as a
+ratio. The fp32 matmul figure measured first tells how far each number is from the machine's limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from clip_core.config import CLIPConfig  # noqa: E402
+from clip_core.weights import canonical_shapes, param_kind  # noqa: E402
+
+GFLOP_PER_IMAGE = 8.82  # ViT-B/32 at 224 px (CLIP-FACTS.md)
+GFLOP_PER_TEXT = 5.96  # ViT-B/32 text tower at 77 tokens
+BATCH = 8
+SEED = 0
+
+# Each module exposes rows(ctx) -> list of row dicts (see BenchContext). Listed here, in report order.
+SECTIONS = {
+    "transformers": "tools.bench_transformers",
+}
+
+
+@dataclasses.dataclass
+class BenchContext:
+    config: CLIPConfig
+    state: dict[str, np.ndarray]
+    pixel_values: np.ndarray
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    batch: int = BATCH
+    quick: bool = False
+
+    def time(self, fn: Callable[[], object], warmup: int = 2, runs: int = 5) -> float:
+        """Median seconds of one call of ``fn`` after ``warmup`` untimed calls."""
+        if self.quick:
+            warmup, runs = 1, 2
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+
+def random_state(config: CLIPConfig, seed: int = SEED) -> dict[str, np.ndarray]:
+    """Random canonical weights with sensible scales: N(0, 0.02), LayerNorms at 1/0, CLIP's logit scale."""
+    rng = np.random.default_rng(seed)
+    state = {}
+    for name, shape in canonical_shapes(config, "clip").items():
+        if name == "logit_scale":
+            state[name] = np.asarray(config.logit_scale_init_value, np.float32)
+        elif param_kind(name) == "layer_norm":
+            state[name] = (np.ones if name.endswith("weight") else np.zeros)(shape, np.float32)
+        else:
+            state[name] = rng.normal(0.0, 0.02, shape).astype(np.float32)
+    return state
+
+
+def random_text_batch(config: CLIPConfig, batch: int = BATCH, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of captions of varied length, each ending in <|endoftext|>, padded to the context length."""
+    t = config.text_config
+    rng = np.random.default_rng(seed + 1)
+    length = t.max_position_embeddings
+    ids = np.full((batch, length), t.eos_token_id, np.int64)
+    mask = np.zeros((batch, length), np.int64)
+    for i in range(batch):
+        n = int(rng.integers(6, length + 1))
+        ids[i, 0] = t.bos_token_id
+        ids[i, 1 : n - 1] = rng.integers(0, t.bos_token_id, n - 2)
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def make_context(quick: bool = False) -> BenchContext:
+    config = CLIPConfig()
+    rng = np.random.default_rng(SEED + 2)
+    ids, mask = random_text_batch(config)
+    pixels = rng.normal(0.0, 1.0, (BATCH, 3, 224, 224)).astype(np.float32)
+    return BenchContext(config, random_state(config), pixels, ids, mask, quick=quick)
+
+
+def matmul_gflops(n: int = 2048, runs: int = 5) -> dict[str, float]:
+    """fp32 (and bf16 where torch has it) matmul throughput: the machine's ceiling for these models."""
+    out = {}
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    flop = 2 * n**3
+    out["numpy_fp32"] = flop / _best_of(lambda: a @ a, runs) / 1e9
+    try:
+        import torch
+
+        t = torch.from_numpy(a)
+        out["torch_fp32"] = flop / _best_of(lambda: t @ t, runs) / 1e9
+        tb = t.to(torch.bfloat16)
+        out["torch_bf16"] = flop / _best_of(lambda: tb @ tb, runs) / 1e9
+    except ImportError:
+        pass
+    return out
+
+
+def _best_of(fn: Callable[[], object], runs: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def gflop_per_item(row: dict) -> float | None:
+    return {"img/s": GFLOP_PER_IMAGE, "texts/s": GFLOP_PER_TEXT}.get(row.get("unit")) if "features" in row.get(
+        "what", ""
+    ) else None
+
+
+def finish_row(row: dict, fp32_limit: float) -> dict:
+    ours, theirs = row.get("ours_value"), row.get("theirs_value")
+    row["ratio"] = ours / theirs if ours and theirs else None
+    per_item = gflop_per_item(row)
+    if per_item and fp32_limit:
+        for side in ("ours", "theirs"):
+            value = row.get(f"{side}_value")
+            row[f"{side}_fraction_of_fp32_matmul"] = value * per_item / fp32_limit if value else None
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'section':<14}{'what':<22}{'ours':<34}{'value':>10}  {'theirs':<38}{'value':>10}{'ratio':>8}  unit"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        ours = f"{r['ours_value']:.1f}" if r.get("ours_value") else "-"
+        theirs = f"{r['theirs_value']:.1f}" if r.get("theirs_value") else "-"
+        ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else "-"
+        print(
+            f"{r['section']:<14}{r['what']:<22}{r.get('ours') or '-':<34}{ours:>10}  "
+            f"{r.get('theirs') or '-':<38}{theirs:>10}{ratio:>8}  {r['unit']}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer timed runs (a smoke test, not a measurement)")
+    parser.add_argument("--only", default="", help=f"comma-separated sections of: {', '.join(SECTIONS)}")
+    parser.add_argument("--out", default="bench.json", help="where to write the table as JSON")
+    args = parser.parse_args(argv)
+
+    only = [s for s in args.only.split(",") if s]
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}")
+
+    limits = matmul_gflops()
+    fp32_limit = max(v for k, v in limits.items() if k.endswith("fp32"))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print("matmul GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in limits.items()))
+    print(f"ViT-B/32: {GFLOP_PER_IMAGE} GFLOP/image -> fp32 ceiling {fp32_limit / GFLOP_PER_IMAGE:.1f} img/s; "
+          f"{GFLOP_PER_TEXT} GFLOP/text -> {fp32_limit / GFLOP_PER_TEXT:.1f} texts/s\n")
+
+    ctx = make_context(quick=args.quick)
+    rows: list[dict] = []
+    for section, module_name in SECTIONS.items():
+        if only and section not in only:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+            section_rows = module.rows(ctx)
+        except ImportError as e:
+            print(f"[{section}] skipped: {e}", file=sys.stderr)
+            continue
+        rows.extend(finish_row(r, fp32_limit) for r in section_rows)
+        print_table(section_rows)
+        print()
+
+    print_table(rows)
+    with open(args.out, "w") as f:
+        json.dump({"matmul_gflops": limits, "batch": BATCH, "rows": rows}, f, indent=2)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
