@@ -76,7 +76,9 @@ def random_state(config: CLIPConfig, seed: int = SEED) -> dict[str, np.ndarray]:
     return state
 
 
-def random_text_batch(config: CLIPConfig, batch: int = BATCH, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+def random_text_batch(
+    config: CLIPConfig, batch: int = BATCH, seed: int = SEED
+) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of captions of varied length, each ending in <|endoftext|>, padded to the context length."""
     t = config.text_config
     rng = np.random.default_rng(seed + 1)
@@ -128,9 +130,11 @@ def _best_of(fn: Callable[[], object], runs: int) -> float:
 
 
 def gflop_per_item(row: dict) -> float | None:
-    return {"img/s": GFLOP_PER_IMAGE, "texts/s": GFLOP_PER_TEXT}.get(row.get("unit")) if "features" in row.get(
-        "what", ""
-    ) else None
+    return (
+        {"img/s": GFLOP_PER_IMAGE, "texts/s": GFLOP_PER_TEXT}.get(row.get("unit"))
+        if "features" in row.get("what", "")
+        else None
+    )
 
 
 def finish_row(row: dict, fp32_limit: float) -> dict:
@@ -145,7 +149,9 @@ def finish_row(row: dict, fp32_limit: float) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'section':<14}{'what':<22}{'ours':<34}{'value':>10}  {'theirs':<38}{'value':>10}{'ratio':>8}  unit"
+    header = (
+        f"{'section':<14}{'what':<26}{'ours':<34}{'value':>10}  {'theirs':<38}{'value':>10}{'ratio':>8}  unit"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -153,14 +159,18 @@ def print_table(rows: list[dict]) -> None:
         theirs = f"{r['theirs_value']:.1f}" if r.get("theirs_value") else "-"
         ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else "-"
         print(
-            f"{r['section']:<14}{r['what']:<22}{r.get('ours') or '-':<34}{ours:>10}  "
+            f"{r['section']:<14}{r['what']:<26}{r.get('ours') or '-':<34}{ours:>10}  "
             f"{r.get('theirs') or '-':<38}{theirs:>10}{ratio:>8}  {r['unit']}"
         )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer timed runs (a smoke test, not a measurement)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer timed runs (a smoke test, not a measurement)"
+    )
     parser.add_argument("--only", default="", help=f"comma-separated sections of: {', '.join(SECTIONS)}")
     parser.add_argument("--out", default="bench.json", help="where to write the table as JSON")
     args = parser.parse_args(argv)
@@ -174,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     fp32_limit = max(v for k, v in limits.items() if k.endswith("fp32"))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print("matmul GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in limits.items()))
-    print(f"ViT-B/32: {GFLOP_PER_IMAGE} GFLOP/image -> fp32 ceiling {fp32_limit / GFLOP_PER_IMAGE:.1f} img/s; "
-          f"{GFLOP_PER_TEXT} GFLOP/text -> {fp32_limit / GFLOP_PER_TEXT:.1f} texts/s\n")
+    print(
+        f"ViT-B/32: {GFLOP_PER_IMAGE} GFLOP/image -> fp32 ceiling {fp32_limit / GFLOP_PER_IMAGE:.1f} img/s; "
+        f"{GFLOP_PER_TEXT} GFLOP/text -> {fp32_limit / GFLOP_PER_TEXT:.1f} texts/s\n"
+    )
 
     ctx = make_context(quick=args.quick)
     rows: list[dict] = []

@@ -71,7 +71,10 @@ def torch_rows(ctx) -> list[dict]:
     with torch.inference_mode():
         img = ctx.time(lambda: model.get_image_features(pixel_values=pixels))
         txt = ctx.time(lambda: model.get_text_features(input_ids=ids, attention_mask=mask))
-    return [_row("torch", "image features", name, img, ctx.batch), _row("torch", "text features", name, txt, ctx.batch)]
+    return [
+        _row("torch", "image features", name, img, ctx.batch),
+        _row("torch", "text features", name, txt, ctx.batch),
+    ]
 
 
 def tf_rows(ctx) -> list[dict]:
@@ -85,7 +88,10 @@ def tf_rows(ctx) -> list[dict]:
     name = "transformers TFCLIPModel (tf.function)"
     img = ctx.time(lambda: image_fn(pixels).numpy())
     txt = ctx.time(lambda: text_fn(ids, mask).numpy())
-    return [_row("tf", "image features", name, img, ctx.batch), _row("tf", "text features", name, txt, ctx.batch)]
+    return [
+        _row("tf", "image features", name, img, ctx.batch),
+        _row("tf", "text features", name, txt, ctx.batch),
+    ]
 
 
 def flax_rows(ctx) -> list[dict]:
@@ -97,7 +103,10 @@ def flax_rows(ctx) -> list[dict]:
     name = "transformers FlaxCLIPModel (jit)"
     img = ctx.time(lambda: image_fn(model.params, ctx.pixel_values).block_until_ready())
     txt = ctx.time(lambda: text_fn(model.params, ctx.input_ids, ctx.attention_mask).block_until_ready())
-    return [_row("flax", "image features", name, img, ctx.batch), _row("flax", "text features", name, txt, ctx.batch)]
+    return [
+        _row("flax", "image features", name, img, ctx.batch),
+        _row("flax", "text features", name, txt, ctx.batch),
+    ]
 
 
 def rows(ctx) -> list[dict]:
