@@ -149,7 +149,7 @@ def _write_dataset(group, path: str, array: np.ndarray) -> None:
         tid = _bfloat16_h5_type()
         space = h5py.h5s.create_simple(array.shape) if array.ndim else h5py.h5s.create(h5py.h5s.SCALAR)
         dataset = h5py.h5d.create(parent.id, leaf.encode("utf8"), tid, space)
-        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(array).view(np.uint16), mtype=tid)
+        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.asarray(array, order="C").view(np.uint16), mtype=tid)
     else:
         group.create_dataset(path, data=array)
 

@@ -203,7 +203,7 @@ def _tree_of_names(names: list[str]) -> dict:
 
 def _pack_leaf(packer, array: np.ndarray) -> bytes:
     msgpack = _msgpack()
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")
     if array.nbytes <= MAX_CHUNK_SIZE:
         return packer.pack(msgpack.ExtType(EXT_NDARRAY, _array_payload(array)))
     flat = array.reshape(-1)

@@ -106,7 +106,7 @@ def _header(state: Mapping, names: list[str], metadata: dict[str, str]) -> tuple
 def _little_endian_bytes(array: np.ndarray) -> bytes:
     if array.dtype.byteorder == ">":  # safetensors is little-endian; big-endian input is rare
         array = array.astype(array.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(array).tobytes()
+    return np.asarray(array, order="C").tobytes()
 
 
 def write_safetensors_file(

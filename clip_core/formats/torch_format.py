@@ -48,7 +48,7 @@ def tensor_to_numpy(tensor) -> np.ndarray:
 
 def numpy_to_tensor(array: np.ndarray):
     torch = _torch()
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")
     name = array.dtype.name
     if name in _BIT_VIEWS:
         bits = torch.from_numpy(array.view(_BIT_VIEWS[name]).copy())
