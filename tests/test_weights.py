@@ -197,7 +197,10 @@ def test_garbage_and_missing_shard(tmp_path):
     os.remove(tmp_path / second)
     with pytest.raises(CheckpointError, match=f"{second}, which is missing"):
         load_state_dict(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no weights file"):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no weights file in"):
+        load_state_dict(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="neither a local folder, a file, nor a Hub model id"):
         load_state_dict(tmp_path / "nothing_here")
 
 
