@@ -49,8 +49,12 @@ def offline_hub(tmp_path, monkeypatch):
 def tiny_config():
     return CLIPConfig.from_dict(
         {
-            "text_config": dict(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2),
-            "vision_config": dict(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2),
+            "text_config": dict(
+                hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2
+            ),
+            "vision_config": dict(
+                hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2
+            ),
         }
     )
 

@@ -20,7 +20,12 @@ from clip_core.weights import (
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 ALL_FORMATS = ("safetensors", "pytorch", "tf", "flax")
-FILES = {"safetensors": "model.safetensors", "pytorch": "pytorch_model.bin", "tf": "tf_model.h5", "flax": "flax_model.msgpack"}
+FILES = {
+    "safetensors": "model.safetensors",
+    "pytorch": "pytorch_model.bin",
+    "tf": "tf_model.h5",
+    "flax": "flax_model.msgpack",
+}
 
 
 def tiny_config():
@@ -60,13 +65,22 @@ def assert_bits_equal(ours, reference):
 @pytest.mark.parametrize(
     "name, tf_name",
     [
-        ("text_model.encoder.layers.10.self_attn.q_proj.weight", "text_model/encoder/layers_._10/self_attn/q_proj/kernel:0"),
+        (
+            "text_model.encoder.layers.10.self_attn.q_proj.weight",
+            "text_model/encoder/layers_._10/self_attn/q_proj/kernel:0",
+        ),
         ("text_model.encoder.layers.0.layer_norm1.bias", "text_model/encoder/layers_._0/layer_norm1/beta:0"),
         ("text_model.final_layer_norm.weight", "text_model/final_layer_norm/gamma:0"),
         ("text_model.embeddings.token_embedding.weight", "text_model/embeddings/token_embedding/weight:0"),
-        ("text_model.embeddings.position_embedding.weight", "text_model/embeddings/position_embedding/embeddings:0"),
+        (
+            "text_model.embeddings.position_embedding.weight",
+            "text_model/embeddings/position_embedding/embeddings:0",
+        ),
         ("vision_model.embeddings.class_embedding", "vision_model/embeddings/class_embedding:0"),
-        ("vision_model.embeddings.patch_embedding.weight", "vision_model/embeddings/patch_embedding/kernel:0"),
+        (
+            "vision_model.embeddings.patch_embedding.weight",
+            "vision_model/embeddings/patch_embedding/kernel:0",
+        ),
         ("vision_model.pre_layrnorm.weight", "vision_model/pre_layrnorm/gamma:0"),
         ("visual_projection.weight", "visual_projection/kernel:0"),
         ("logit_scale", "logit_scale:0"),
@@ -139,7 +153,11 @@ def test_sharded_safetensors_and_bin_round_trip(tmp_path):
     state = random_state()
     written = save_state_dict(state, tmp_path, formats=("safetensors", "pytorch"), max_shard_size="20KB")
     for stem, ext in (("model", "safetensors"), ("pytorch_model", "bin")):
-        index = json.loads((tmp_path / f"{FILES['safetensors' if ext == 'safetensors' else 'pytorch']}.index.json").read_text())
+        index = json.loads(
+            (
+                tmp_path / f"{FILES['safetensors' if ext == 'safetensors' else 'pytorch']}.index.json"
+            ).read_text()
+        )
         shards = sorted(set(index["weight_map"].values()))
         assert len(shards) > 2 and shards[0] == f"{stem}-00001-of-{len(shards):05d}.{ext}"
         assert sorted(index["weight_map"]) == sorted(state)
@@ -161,7 +179,10 @@ def test_streaming_reader_keeps_names_and_shapes_without_loading(tmp_path):
     for file in ("flax_model.msgpack", "tf_model.h5"):
         with open_checkpoint(tmp_path / file) as reader:
             assert sorted(reader) == sorted(state)
-            assert reader.info("vision_model.embeddings.patch_embedding.weight") == ((32, 3, 8, 8), np.float32)
+            assert reader.info("vision_model.embeddings.patch_embedding.weight") == (
+                (32, 3, 8, 8),
+                np.float32,
+            )
             assert reader.info("logit_scale") == ((), np.float32)
 
 

@@ -85,7 +85,11 @@ def refs(tmp_path_factory):
     full = transformers.CLIPModel(hf_config()).eval()
     out = {}
     for tower in TOWERS:
-        model = full if tower == "clip" else getattr(transformers, TORCH_CLASS[tower]).from_pretrained(out["clip"]["safe"])
+        model = (
+            full
+            if tower == "clip"
+            else getattr(transformers, TORCH_CLASS[tower]).from_pretrained(out["clip"]["safe"])
+        )
         folders = {f: root / f"{tower}_{f}" for f in ("safe", "bin", "tf", "flax")}
         model.save_pretrained(folders["safe"])
         model.save_pretrained(folders["bin"], safe_serialization=False)
@@ -104,11 +108,11 @@ def refs(tmp_path_factory):
 # Readers
 
 
-@pytest.mark.parametrize("tower", TOWERS)
-@pytest.mark.parametrize("fmt", ["safe", "bin", "tf", "flax"])
+@pytest.mark.parametrize(
+    "tower, fmt",
+    [(t, f) for t in TOWERS for f in ("safe", "bin", "tf", "flax") if (t, f) != ("vision", "flax")],
+)
 def test_reader_returns_the_torch_state_dict(refs, tower, fmt):
-    if fmt == "flax" and tower == "vision":
-        pytest.skip("no Flax vision reference (kept small)")
     ref = refs[tower]
     assert_same_state(load_state_dict(ref[fmt]), ref["state"])
 
@@ -190,7 +194,9 @@ def test_our_h5_has_transformers_structure(refs, tmp_path):
     def layout(path):
         with h5py.File(path, "r") as f:
             datasets = []
-            f.visititems(lambda k, o: datasets.append((k, o.shape, o.dtype)) if isinstance(o, h5py.Dataset) else None)
+            f.visititems(
+                lambda k, o: datasets.append((k, o.shape, o.dtype)) if isinstance(o, h5py.Dataset) else None
+            )
             names = sorted(n.decode() if isinstance(n, bytes) else n for n in f["clip"].attrs["weight_names"])
             return sorted(datasets), names, [str(x) for x in f.attrs["layer_names"]], str(f.attrs["backend"])
 
