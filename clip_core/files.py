@@ -42,34 +42,117 @@ def _looks_like_hub_id(name: str) -> bool:
     return 1 <= len(parts) <= 2 and all(parts) and not name.startswith((".", "~"))
 
 
-def resolve_folder(pretrained: str | os.PathLike) -> str:
-    """A local folder for ``pretrained``: itself, the folder of a file, or a Hub snapshot from the local cache."""
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub itself reads it once, at import)."""
+    if "HF_HUB_OFFLINE" in os.environ:
+        return _truthy(os.environ["HF_HUB_OFFLINE"])
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> str | None:
+    """The Hub cache to use: ``cache_dir``, else HF_HUB_CACHE / HF_HOME as set now, else the hub's default."""
+    if cache_dir is not None:
+        return os.fspath(cache_dir)
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(variable):
+            return os.path.expanduser(os.environ[variable])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    return None
+
+
+def _huggingface_hub(pretrained: str):
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise FileNotFoundError(
+            f"{pretrained} is not a local path, and huggingface_hub is not installed to resolve it as a Hub id"
+        ) from None
+    return huggingface_hub
+
+
+def _check_hub_id(pretrained: str) -> None:
+    if not _looks_like_hub_id(pretrained):
+        raise FileNotFoundError(f"{pretrained} is neither a local folder, a file, nor a Hub model id")
+
+
+def resolve_folder(pretrained: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
+    """A local folder for ``pretrained``: itself, the folder of a file, or a Hub snapshot.
+
+    For a Hub id, the whole snapshot is fetched (from the cache only when HF_HUB_OFFLINE=1);
+    prefer ``resolve_file`` / ``find_file``, which fetch single files.
+    """
     pretrained = os.fspath(pretrained)
     if os.path.isdir(pretrained):
         return pretrained
     if os.path.isfile(pretrained):
         return os.path.dirname(os.path.abspath(pretrained))
-    if not _looks_like_hub_id(pretrained):
-        raise FileNotFoundError(f"{pretrained} is neither a local folder, a file, nor a Hub model id")
+    _check_hub_id(pretrained)
+    hub = _huggingface_hub(pretrained)
     try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise FileNotFoundError(
-            f"{pretrained} is not a local path, and huggingface_hub is not installed to resolve it as a Hub id"
-        ) from None
-    try:
-        # With HF_HUB_OFFLINE=1 (or no network) this answers from the local cache only.
-        return snapshot_download(pretrained)
+        return hub.snapshot_download(
+            pretrained, cache_dir=hub_cache_dir(cache_dir), local_files_only=hub_offline()
+        )
     except Exception as e:  # the hub raises many types; all mean "not available here"
         raise FileNotFoundError(f"could not resolve {pretrained!r} on the Hub or in its cache: {e}") from None
 
 
-def resolve_file(pretrained: str | os.PathLike, filename: str) -> str:
+def find_file(
+    pretrained: str | os.PathLike, filename: str, cache_dir: str | os.PathLike | None = None
+) -> str | None:
+    """The path of ``filename`` in a local folder or a Hub repo (fetched or from the cache), or None.
+
+    Raises FileNotFoundError when ``pretrained`` itself cannot be found (no such folder, no such
+    repo); returns None when only the file is absent.
+    """
+    pretrained = os.fspath(pretrained)
+    if os.path.isdir(pretrained):
+        path = os.path.join(pretrained, filename)
+        return path if os.path.isfile(path) else None
+    if os.path.isfile(pretrained):
+        return pretrained if os.path.basename(pretrained) == filename else None
+    _check_hub_id(pretrained)
+    hub = _huggingface_hub(pretrained)
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return hub.hf_hub_download(
+            pretrained, filename, cache_dir=hub_cache_dir(cache_dir), local_files_only=hub_offline()
+        )
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        if not hub_offline() or _cached_snapshot_exists(pretrained, cache_dir):
+            return None
+        raise FileNotFoundError(
+            f"{pretrained!r} is not in the Hub cache ({hub_cache_dir(cache_dir) or 'default'}) "
+            "and HF_HUB_OFFLINE is set"
+        ) from None
+    except Exception as e:
+        raise FileNotFoundError(f"could not resolve {pretrained!r} on the Hub or in its cache: {e}") from None
+
+
+def _cached_snapshot_exists(repo_id: str, cache_dir: str | os.PathLike | None) -> bool:
+    from huggingface_hub import constants
+
+    root = hub_cache_dir(cache_dir) or constants.HF_HUB_CACHE
+    return os.path.isdir(os.path.join(root, "models--" + repo_id.replace("/", "--"), "snapshots"))
+
+
+def resolve_file(
+    pretrained: str | os.PathLike, filename: str, cache_dir: str | os.PathLike | None = None
+) -> str:
     """The path of ``filename`` for ``pretrained`` (a folder, that very file, or a Hub id)."""
     pretrained = os.fspath(pretrained)
     if os.path.isfile(pretrained):
         return pretrained
-    path = os.path.join(resolve_folder(pretrained), filename)
-    if not os.path.isfile(path):
+    path = find_file(pretrained, filename, cache_dir=cache_dir)
+    if path is None:
         raise FileNotFoundError(f"no {filename} in {pretrained}")
     return path

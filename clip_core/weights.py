@@ -14,7 +14,6 @@ from collections.abc import Mapping
 import numpy as np
 
 from clip_core.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
-from clip_core.files import atomic_path
 
 SAFETENSORS_NAME = "model.safetensors"
 
@@ -202,6 +201,17 @@ def from_channels_last(name: str, array: np.ndarray) -> np.ndarray:
     return array
 
 
+def shape_from_channels_last(name: str, shape) -> tuple[int, ...]:
+    """The canonical shape of a tensor stored with channels-last ``shape`` (no data touched)."""
+    shape = tuple(int(d) for d in shape)
+    kind = param_kind(name)
+    if kind == "dense" and name.endswith(".weight"):
+        return shape[::-1]
+    if kind == "conv" and len(shape) == 4:
+        return tuple(shape[i] for i in (3, 2, 0, 1))
+    return shape
+
+
 _FLAX_LEAF = {"layer_norm": "scale", "embedding": "embedding", "dense": "kernel", "conv": "kernel"}
 
 
@@ -250,41 +260,117 @@ def from_flax_params(tree: Mapping) -> dict[str, np.ndarray]:
     return state
 
 
+# transformers' TF names (tf_model.h5): the same tree, "/"-separated, ``layers_._N`` for layer
+# lists, ``:0`` suffixes, LayerNorm gamma/beta, and two different embedding leaf names.
+
+# The first component of every canonical name; in an h5 path everything before it is a Keras
+# model/layer prefix (``clip/tfclip_model/clip/``) that varies with the saving class.
+CANONICAL_ROOTS = ("text_model", "vision_model", "text_projection", "visual_projection", "logit_scale")
+
+_TF_WEIGHT_LEAF = {"layer_norm": "gamma", "dense": "kernel", "conv": "kernel"}
+_TF_EMBEDDING_LEAF = {"token_embedding": "weight", "position_embedding": "embeddings"}
+_FROM_TF_LEAF = {"gamma": "weight", "beta": "bias", "kernel": "weight", "embeddings": "weight"}
+
+
+def tf_weight_name(name: str) -> str:
+    """Canonical name -> transformers' TF weight name below the main layer, e.g.
+    ``text_model/encoder/layers_._0/layer_norm1/gamma:0``."""
+    parts = name.split(".")
+    kind = param_kind(name)
+    if parts[-1] == "weight":
+        parts[-1] = _TF_EMBEDDING_LEAF[parts[-2]] if kind == "embedding" else _TF_WEIGHT_LEAF[kind]
+    elif parts[-1] == "bias" and kind == "layer_norm":
+        parts[-1] = "beta"
+    path = "/".join(parts)
+    return path.replace("/layers/", "/layers_._") + ":0"
+
+
+def canonical_name_from_tf(path: str) -> str:
+    """A TF weight name or h5 dataset path (any Keras prefix) -> canonical name.
+
+    Paths without a CLIP component are returned unchanged, so that they are reported as
+    unexpected tensors by name rather than silently dropped.
+    """
+    parts = path.split("/")
+    roots = [i for i, p in enumerate(parts) if p.split(":")[0] in CANONICAL_ROOTS]
+    if not roots:
+        return path
+    parts = parts[roots[0] :]
+    parts[-1] = parts[-1].split(":")[0]
+    name = ".".join(parts).replace("_._", ".")
+    *parents, leaf = name.split(".")
+    if leaf in _FROM_TF_LEAF:
+        leaf = _FROM_TF_LEAF[leaf]
+    return ".".join([*parents, leaf])
+
+
+def to_tf_layout(name: str, array: np.ndarray) -> np.ndarray:
+    """Canonical tensor -> its layout in transformers' tf_model.h5 (logit_scale has shape (1,))."""
+    array = to_channels_last(name, np.asarray(array))
+    return array.reshape(1) if param_kind(name) == "scalar" else array
+
+
+def from_tf_layout(name: str, array: np.ndarray) -> np.ndarray:
+    array = from_channels_last(name, np.asarray(array))
+    return array.reshape(()) if param_kind(name) == "scalar" else array
+
+
 # ---------------------------------------------------------------------------------------------
 # model.safetensors: the lingua franca, readable with numpy alone
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+    """Every tensor of one safetensors file (any dtype, bf16 included), by its stored name."""
+    from clip_core.formats.safetensors_format import SafetensorsReader
 
-    try:
-        return load_file(os.fspath(path))
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    with SafetensorsReader(os.fspath(path)) as reader:
+        return {name: reader[name] for name in reader}
 
 
 def write_safetensors(state: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
-    from safetensors.numpy import save_file
+    """One safetensors file (atomic) holding every parameter of ``state``."""
+    from clip_core.formats.base import parameter_names
+    from clip_core.formats.safetensors_format import write_safetensors_file
 
-    # not ascontiguousarray: it turns a 0-d logit_scale into shape (1,)
-    arrays = {k: np.asarray(v, order="C") for k, v in state.items()}
-    with atomic_path(path) as tmp:
-        save_file(arrays, tmp, metadata={"format": "pt"})
+    write_safetensors_file(state, os.fspath(path), parameter_names(state))
 
 
 # ---------------------------------------------------------------------------------------------
-# Whole checkpoints
+# Whole checkpoints (the formats themselves live in clip_core.formats)
 
 
-def load_state_dict(pretrained: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Canonical tensors from a folder, a single weights file, or a Hub id (through its cache)."""
-    from clip_core.files import resolve_file
+def open_checkpoint(pretrained: str | os.PathLike, cache_dir: str | None = None):
+    """Lazy reader (Mapping name -> array, ``.info(name)``) over any supported checkpoint.
 
-    return read_safetensors(resolve_file(pretrained, SAFETENSORS_NAME))
+    Use it as a context manager to close the file; see clip_core.formats.open_checkpoint.
+    """
+    from clip_core.formats import open_checkpoint as _open
+
+    return _open(pretrained, cache_dir=cache_dir)
 
 
-def save_state_dict(state: Mapping[str, np.ndarray], folder: str | os.PathLike) -> list[str]:
-    """Write ``state`` into ``folder`` as model.safetensors; returns the paths written."""
-    path = os.path.join(os.fspath(folder), SAFETENSORS_NAME)
-    write_safetensors(state, path)
-    return [path]
+def load_state_dict(pretrained: str | os.PathLike, cache_dir: str | None = None) -> dict[str, np.ndarray]:
+    """Canonical tensors (torch names and layout) from a folder, a weights file or a Hub id.
+
+    A folder is read in this preference: model.safetensors, its sharded index, pytorch_model.bin
+    (only through torch.load(weights_only=True)), its index, tf_model.h5, flax_model.msgpack.
+    """
+    with open_checkpoint(pretrained, cache_dir=cache_dir) as reader:
+        return {name: reader[name] for name in reader}
+
+
+def save_state_dict(
+    state: Mapping[str, np.ndarray],
+    folder: str | os.PathLike,
+    formats=("safetensors",),
+    model_kind: str | None = None,
+    max_shard_size: int | str | None = None,
+) -> list[str]:
+    """Write ``state`` into ``folder`` in each of ``formats``; returns the paths written.
+
+    formats: "safetensors", "pytorch", "tf", "flax". model_kind ("clip", "text", "vision", ...;
+    default inferred from the names) names the Keras model in tf_model.h5. Each file is atomic.
+    """
+    from clip_core.formats import save_checkpoint
+
+    return save_checkpoint(state, folder, formats, model_kind=model_kind, max_shard_size=max_shard_size)

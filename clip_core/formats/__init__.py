@@ -1,0 +1,163 @@
+"""Checkpoint files in every format transformers uses, read lazily and written atomically.
+
+``open_checkpoint(pretrained)`` -> a lazy ``CheckpointReader`` (a read-only Mapping from canonical
+names to numpy arrays in torch layout) for a folder, a single weights file or a Hub id.
+``save_checkpoint(state, folder, formats)`` writes any Mapping of canonical arrays (a reader
+too, so a conversion streams tensor by tensor where the format allows it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping, Sequence
+
+from clip_core.files import find_file, resolve_file
+from clip_core.formats.base import CheckpointReader, parse_size, read_index
+from clip_core.formats.h5_format import TF_MODEL_NAMES, H5Reader, save_h5
+from clip_core.formats.msgpack_format import MsgpackReader, save_msgpack
+from clip_core.formats.safetensors_format import open_safetensors, save_safetensors
+from clip_core.formats.torch_format import open_torch_bin, save_torch_bin
+from clip_core.weights import CheckpointError
+
+__all__ = ["CheckpointReader", "WEIGHTS_FILES", "open_checkpoint", "save_checkpoint", "infer_model_kind"]
+
+# Preferred first: safetensors needs nothing but numpy and runs no code; then transformers' order.
+WEIGHTS_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "tf_model.h5",
+    "tf_model.h5.index.json",
+    "flax_model.msgpack",
+    "flax_model.msgpack.index.json",
+)
+
+FORMAT_ALIASES = {
+    "safetensors": "safetensors",
+    "pytorch": "pytorch",
+    "pt": "pytorch",
+    "torch": "pytorch",
+    "bin": "pytorch",
+    "tf": "tf",
+    "h5": "tf",
+    "tensorflow": "tf",
+    "flax": "flax",
+    "msgpack": "flax",
+    "jax": "flax",
+}
+
+
+def _opener(path: str):
+    """The reader class for a weights file, by name, else by its first bytes."""
+    stem = path[: -len(".index.json")] if path.endswith(".index.json") else path
+    ext = os.path.splitext(stem)[1].lower()
+    if ext == ".safetensors":
+        return open_safetensors
+    if ext in (".bin", ".pt", ".pth"):
+        return open_torch_bin
+    if ext in (".h5", ".hdf5"):
+        return _sharded_or(H5Reader)
+    if ext == ".msgpack":
+        return _sharded_or(MsgpackReader)
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic.startswith(b"PK"):
+        return open_torch_bin
+    if magic.startswith(b"\x89HDF"):
+        return H5Reader
+    raise CheckpointError(f"{path}: unknown weights file type (expected {', '.join(WEIGHTS_FILES)})")
+
+
+def _sharded_or(reader_class):
+    from clip_core.formats.base import ShardedReader
+
+    def open_path(path: str) -> CheckpointReader:
+        return ShardedReader(path, reader_class) if path.endswith(".index.json") else reader_class(path)
+
+    return open_path
+
+
+def _torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def _weights_file(pretrained: str, cache_dir: str | None) -> str:
+    """The weights file (or shard index) to read for a folder or Hub id, in preference order.
+
+    pytorch_model.bin is skipped when torch is missing and another format is there.
+    """
+    skipped_bin = None
+    for filename in WEIGHTS_FILES:
+        path = find_file(pretrained, filename, cache_dir=cache_dir)
+        if path is None:
+            continue
+        if filename.startswith("pytorch_model") and not _torch_available():
+            skipped_bin = skipped_bin or path
+            continue
+        if filename.endswith(".index.json") and not os.path.isdir(pretrained):
+            for shard in sorted(set(read_index(path).values())):  # fetch the shards beside their index
+                resolve_file(pretrained, shard, cache_dir=cache_dir)
+        return path
+    if skipped_bin:
+        return skipped_bin  # its reader explains that torch is needed
+    raise FileNotFoundError(f"no weights file in {pretrained} (looked for {', '.join(WEIGHTS_FILES)})")
+
+
+def open_checkpoint(pretrained: str | os.PathLike, cache_dir: str | None = None) -> CheckpointReader:
+    """Lazy reader for a folder, a weights file (or shard index), or a Hub id (through its cache)."""
+    pretrained = os.fspath(pretrained)
+    path = pretrained if os.path.isfile(pretrained) else _weights_file(pretrained, cache_dir)
+    return _opener(path)(path)
+
+
+def infer_model_kind(names) -> str:
+    """ "clip", "text[_with_projection]" or "vision[_with_projection]" from the tensor names."""
+    names = set(names)
+    has_text = any(n.startswith("text_model.") for n in names)
+    has_vision = any(n.startswith("vision_model.") for n in names)
+    if "logit_scale" in names or has_text == has_vision:
+        return "clip"
+    if has_text:
+        return "text_with_projection" if "text_projection.weight" in names else "text"
+    return "vision_with_projection" if "visual_projection.weight" in names else "vision"
+
+
+def save_checkpoint(
+    state: Mapping,
+    folder: str | os.PathLike,
+    formats: str | Sequence[str] = ("safetensors",),
+    model_kind: str | None = None,
+    max_shard_size: int | str | None = None,
+) -> list[str]:
+    """Write ``state`` (canonical names, torch layout) in each format; returns the paths written.
+
+    formats: "safetensors", "pytorch" (pt/bin/torch), "tf" (h5) and/or "flax" (msgpack).
+    model_kind (default: inferred from the names) picks the Keras model name in tf_model.h5.
+    max_shard_size ("5GB", "200MB" or bytes) splits safetensors and pytorch files into shards.
+    """
+    folder = os.fspath(folder)
+    if os.path.isfile(folder):
+        raise ValueError(f"expected a folder to save weights into, got the file {folder}")
+    formats = [formats] if isinstance(formats, str) else list(formats)
+    unknown = [f for f in formats if f.lower() not in FORMAT_ALIASES]
+    if unknown or not formats:
+        raise ValueError(
+            f"unknown weights format(s) {unknown}; choose from {sorted(set(FORMAT_ALIASES.values()))}"
+        )
+    if model_kind is not None and model_kind not in TF_MODEL_NAMES:
+        raise ValueError(f"model_kind must be one of {tuple(TF_MODEL_NAMES)}, got {model_kind!r}")
+    max_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
+    os.makedirs(folder, exist_ok=True)
+    written: list[str] = []
+    for fmt in dict.fromkeys(FORMAT_ALIASES[f.lower()] for f in formats):
+        if fmt == "safetensors":
+            written += save_safetensors(state, folder, max_bytes)
+        elif fmt == "pytorch":
+            written += save_torch_bin(state, folder, max_bytes)
+        elif fmt == "tf":
+            written += save_h5(state, folder, model_kind or infer_model_kind(state.keys()))
+        else:
+            written += save_msgpack(state, folder)
+    return written

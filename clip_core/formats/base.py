@@ -1,0 +1,262 @@
+"""What every checkpoint format shares: a lazy reader interface, dtype names, shards, sizes.
+
+A reader is a read-only ``Mapping`` from canonical names to numpy arrays in canonical (torch)
+layout. Listing names and ``info(name)`` (shape, dtype) read no tensor data; ``reader[name]``
+reads one tensor. So a converter can stream a large checkpoint tensor by tensor, and
+``dict(reader)`` is the whole state when that is what is wanted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from clip_core.files import atomic_write_text
+from clip_core.weights import CheckpointError, is_ignored
+
+DEFAULT_MAX_SHARD_SIZE = "5GB"  # transformers' default
+
+
+class CheckpointReader(Mapping):
+    """Lazy, read-only view of one checkpoint: canonical name -> numpy array (canonical layout)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    # Subclasses implement these three.
+    def keys(self):  # noqa: D401 - Mapping API
+        raise NotImplementedError
+
+    def info(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """(shape, dtype) of a tensor, without reading its data."""
+        raise NotImplementedError
+
+    def get_tensor(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.keys():
+            raise KeyError(f"{name} is not in {self.path}")
+        try:
+            return self.get_tensor(name)
+        except CheckpointError:
+            raise
+        except Exception as e:  # a truncated or corrupt tensor: say which file and which tensor
+            raise CheckpointError(f"{self.path}: cannot read tensor {name}: {e}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.keys()))
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.keys()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r}, {len(self)} tensors)"
+
+
+def tensor_info(state: Mapping, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of ``state[name]``; a lazy reader answers without reading the tensor."""
+    if isinstance(state, CheckpointReader):
+        return state.info(name)
+    array = np.asarray(state[name])
+    return tuple(array.shape), array.dtype
+
+
+def parameter_names(state: Mapping) -> list[str]:
+    """Names to write: buffers that old checkpoints carry (position_ids) are not parameters."""
+    return [name for name in state.keys() if not is_ignored(name)]
+
+
+# ---------------------------------------------------------------------------------------------
+# dtypes numpy lacks (ml_dtypes provides them; imported only when such a tensor shows up)
+
+
+def extended_dtype(name: str) -> np.dtype:
+    """numpy dtype for a name such as "float32" or "bfloat16" (the latter through ml_dtypes)."""
+    try:
+        return np.dtype(name)
+    except TypeError:
+        pass
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise CheckpointError(f"tensors of dtype {name} need the ml_dtypes package") from None
+    try:
+        return np.dtype(getattr(ml_dtypes, name))
+    except AttributeError:
+        raise CheckpointError(f"unknown tensor dtype {name!r}") from None
+
+
+def is_bfloat16(dtype: np.dtype) -> bool:
+    return np.dtype(dtype).name == "bfloat16"
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards: transformers' ``<stem>-00001-of-00003<ext>`` files and their ``<file>.index.json``
+
+_SIZE_UNITS = {
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "B": 1,
+}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes in ``size``: an int, or a string like "5GB", "500MiB", "100kb" (transformers' units)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        if size <= 0:
+            raise ValueError(f"max_shard_size must be positive, got {size}")
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*", str(size).upper())
+    if not match:
+        raise ValueError(f"max_shard_size must be an int or a size such as '5GB', got {size!r}")
+    number, unit = match.groups()
+    value = int(float(number) * _SIZE_UNITS[unit or "B"])
+    if value <= 0:
+        raise ValueError(f"max_shard_size must be positive, got {size!r}")
+    return value
+
+
+def nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def plan_shards(state: Mapping, names: list[str], max_bytes: int) -> list[list[str]]:
+    """Split names, in order, into groups of at most ``max_bytes`` (a larger tensor gets its own)."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name in names:
+        n = nbytes(*tensor_info(state, name))
+        if shards[-1] and size + n > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += n
+    return shards
+
+
+def shard_filename(filename: str, index: int, count: int) -> str:
+    stem, ext = os.path.splitext(filename)
+    return f"{stem}-{index + 1:05d}-of-{count:05d}{ext}"
+
+
+def index_filename(filename: str) -> str:
+    return filename + ".index.json"
+
+
+def write_index(folder: str, filename: str, weight_map: dict[str, str], total_size: int) -> str:
+    path = os.path.join(folder, index_filename(filename))
+    index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+    atomic_write_text(path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_index(path: str) -> dict[str, str]:
+    """weight_map of a ``*.index.json``: tensor name (as stored) -> shard file name."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+        return weight_map
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a valid shard index: {e}") from None
+
+
+def remove_stale_shards(folder: str, filename: str, keep: list[str]) -> None:
+    """After a successful save, drop shards (and an index) of an earlier save of the same format."""
+    stem, ext = os.path.splitext(filename)
+    pattern = re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}" + re.escape(ext) + "$")
+    candidates = [name for name in os.listdir(folder) if pattern.match(name)]
+    candidates.append(index_filename(filename))
+    for name in candidates:
+        path = os.path.join(folder, name)
+        if os.path.abspath(path) not in keep and os.path.isfile(path):
+            os.remove(path)
+
+
+class ShardedReader(CheckpointReader):
+    """Several shard readers behind one index (opening a shard reads its header, not its tensors)."""
+
+    def __init__(self, index_path: str, open_shard):
+        super().__init__(index_path)
+        self._folder = os.path.dirname(os.path.abspath(index_path))
+        self._open_shard = open_shard
+        self._shards: dict[str, CheckpointReader] = {}
+        # Stored names may be non-canonical (TF); ask each shard for its canonical names.
+        files = sorted(set(read_index(index_path).values()))
+        self._where: dict[str, str] = {}
+        for file in files:
+            for name in self._shard(file).keys():
+                self._where[name] = file
+
+    def _shard(self, file: str) -> CheckpointReader:
+        if file not in self._shards:
+            path = os.path.join(self._folder, file)
+            if not os.path.isfile(path):
+                raise CheckpointError(f"{self.path} names the shard {file}, which is missing")
+            self._shards[file] = self._open_shard(path)
+        return self._shards[file]
+
+    def keys(self):
+        return self._where.keys()
+
+    def info(self, name):
+        return self._shard(self._where[name]).info(name)
+
+    def get_tensor(self, name):
+        return self._shard(self._where[name])[name]
+
+    def close(self):
+        for shard in self._shards.values():
+            shard.close()
+
+
+def save_maybe_sharded(
+    state: Mapping, folder: str, filename: str, write_file, max_shard_size=None
+) -> list[str]:
+    """Write ``filename``, or its shards plus ``<filename>.index.json`` when over ``max_shard_size``.
+
+    ``write_file(state, path, names)`` writes one file atomically. Shards or a single file left by
+    an earlier save in the same format are removed afterwards, so no stale file can win on load.
+    """
+    names = parameter_names(state)
+    shards = plan_shards(state, names, max_shard_size) if max_shard_size else [names]
+    if len(shards) == 1:
+        written = [write_file(state, os.path.join(folder, filename), names)]
+    else:
+        written, weight_map = [], {}
+        for i, shard in enumerate(shards):
+            file = shard_filename(filename, i, len(shards))
+            written.append(write_file(state, os.path.join(folder, file), shard))
+            weight_map.update(dict.fromkeys(shard, file))
+        total = sum(nbytes(*tensor_info(state, n)) for n in names)
+        written.append(write_index(folder, filename, weight_map, total))
+    written = [os.path.abspath(p) for p in written]
+    remove_stale_shards(folder, filename, keep=written)
+    single = os.path.join(folder, filename)
+    if len(shards) > 1 and os.path.isfile(single):
+        os.remove(single)  # a single file would be preferred over the new shards on load
+    return written

@@ -1,0 +1,179 @@
+"""transformers' tf_model.h5 (Keras 2 HDF5 weights), read and written with h5py.
+
+Layout written by ``TFCLIPModel.save_pretrained(safe_serialization=False)``:
+root attributes ``layer_names`` (the model's top layers: ``[b"clip"]``), ``backend``,
+``keras_version``; a group per layer whose ``weight_names`` attribute lists its weights as
+``<model name>/clip/<TF weight name>`` (model name ``tfclip_model``, ``tfclip_text_model`` or
+``tfclip_vision_model``), each stored as a dataset at ``clip/<that name>``; and an empty
+``top_level_model_weights`` group. transformers' loader reads ``layer_names``, then each
+layer's ``weight_names`` minus their first component, so both attributes are required.
+
+bf16 has no HDF5 predefined type: it is stored as a 16-bit IEEE-style float type (sign bit 15,
+8 exponent bits at 7, 7 mantissa bits, bias 127) that h5py and transformers read as float32
+values, and that this reader reads back bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from clip_core.files import atomic_path
+from clip_core.formats.base import CheckpointReader, extended_dtype, is_bfloat16, parameter_names, tensor_info
+from clip_core.weights import (
+    CheckpointError,
+    canonical_name_from_tf,
+    from_tf_layout,
+    param_kind,
+    shape_from_channels_last,
+    tf_weight_name,
+    to_tf_layout,
+)
+
+FILENAME = "tf_model.h5"
+MAIN_LAYER = "clip"
+KERAS_VERSION = "2.21.0"  # the tf-keras whose legacy h5 weights format this mirrors
+HDF5_OBJECT_HEADER_LIMIT = 64512  # bytes per attribute, as Keras splits long attribute lists
+
+# transformers' Keras model names (snake case of the class name) by model kind.
+TF_MODEL_NAMES = {
+    "clip": "tfclip_model",
+    "text": "tfclip_text_model",
+    "text_with_projection": "tfclip_text_model_with_projection",
+    "vision": "tfclip_vision_model",
+    "vision_with_projection": "tfclip_vision_model_with_projection",
+}
+
+_BF16_FIELDS = (15, 7, 8, 0, 7)  # sign position, exponent position/size, mantissa position/size
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise CheckpointError("reading or writing tf_model.h5 needs h5py (pip install h5py)") from None
+    return h5py
+
+
+def _bfloat16_h5_type():
+    h5py = _h5py()
+    tid = h5py.h5t.IEEE_F32LE.copy()
+    tid.set_fields(*_BF16_FIELDS)
+    tid.set_ebias(127)
+    tid.set_offset(0)
+    tid.set_precision(16)
+    tid.set_size(2)
+    return tid
+
+
+def _is_bfloat16_h5(dataset) -> bool:
+    h5py = _h5py()
+    tid = dataset.id.get_type()
+    return (
+        tid.get_class() == h5py.h5t.FLOAT
+        and tid.get_size() == 2
+        and tuple(tid.get_fields()) == _BF16_FIELDS
+        and tid.get_ebias() == 127
+    )
+
+
+class H5Reader(CheckpointReader):
+    """Every dataset of the file, found by walking it, keyed by its canonical name.
+
+    Walking the datasets (rather than following ``weight_names``) reads transformers' single
+    files and its ``tf_model-0000k-of-0000n.h5`` shards alike, whatever the Keras prefixes.
+    """
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        h5py = _h5py()
+        try:
+            self._file = h5py.File(path, "r")
+            datasets: list[str] = []
+            self._file.visititems(
+                lambda key, obj: datasets.append(key) if isinstance(obj, h5py.Dataset) else None
+            )
+        except Exception as e:
+            raise CheckpointError(f"{path} is not a readable HDF5 file: {e}") from None
+        self._datasets: dict[str, str] = {}
+        for key in datasets:
+            name = canonical_name_from_tf(key)
+            if name in self._datasets:
+                raise CheckpointError(f"{path}: {self._datasets[name]} and {key} both map to {name}")
+            self._datasets[name] = key
+
+    def keys(self):
+        return self._datasets.keys()
+
+    def info(self, name):
+        dataset = self._file[self._datasets[name]]
+        dtype = extended_dtype("bfloat16") if _is_bfloat16_h5(dataset) else dataset.dtype
+        shape = () if param_kind(name) == "scalar" else shape_from_channels_last(name, dataset.shape)
+        return shape, dtype
+
+    def get_tensor(self, name):
+        dataset = self._file[self._datasets[name]]
+        if _is_bfloat16_h5(dataset):
+            h5py = _h5py()
+            bits = np.empty(dataset.shape, np.uint16)
+            dataset.id.read(h5py.h5s.ALL, h5py.h5s.ALL, bits, mtype=dataset.id.get_type())
+            array = bits.view(extended_dtype("bfloat16"))
+        else:
+            array = dataset[()]
+        return from_tf_layout(name, np.asarray(array))
+
+    def close(self):
+        self._file.close()
+
+
+def _save_attribute_list(group, name: str, values: list[str]) -> None:
+    """Keras' convention: split a string list over ``name0``, ``name1``... when it is too long."""
+    data = np.array([v.encode("utf8") for v in values])
+    chunks = 1
+    while any(c.nbytes > HDF5_OBJECT_HEADER_LIMIT for c in np.array_split(data, chunks)):
+        chunks += 1
+    if chunks == 1:
+        group.attrs[name] = data
+    else:
+        for i, chunk in enumerate(np.array_split(data, chunks)):
+            group.attrs[f"{name}{i}"] = chunk
+
+
+def _write_dataset(group, path: str, array: np.ndarray) -> None:
+    if is_bfloat16(array.dtype):
+        h5py = _h5py()
+        parent_path, _, leaf = path.rpartition("/")
+        parent = group.require_group(parent_path) if parent_path else group
+        tid = _bfloat16_h5_type()
+        space = h5py.h5s.create_simple(array.shape) if array.ndim else h5py.h5s.create(h5py.h5s.SCALAR)
+        dataset = h5py.h5d.create(parent.id, leaf.encode("utf8"), tid, space)
+        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.asarray(array, order="C").view(np.uint16), mtype=tid)
+    else:
+        group.create_dataset(path, data=array)
+
+
+def save_h5(state: Mapping, folder: str, model_kind: str = "clip") -> list[str]:
+    """tf_model.h5 that transformers' TFCLIPModel / TFCLIPTextModel / TFCLIPVisionModel loads."""
+    if model_kind not in TF_MODEL_NAMES:
+        raise ValueError(f"model_kind must be one of {tuple(TF_MODEL_NAMES)}, got {model_kind!r}")
+    h5py = _h5py()
+    prefix = f"{TF_MODEL_NAMES[model_kind]}/{MAIN_LAYER}/"
+    names = parameter_names(state)
+    for name in names:
+        tensor_info(state, name)  # fail on a bad entry before creating the file
+    path = os.path.join(folder, FILENAME)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        _save_attribute_list(f, "layer_names", [MAIN_LAYER])
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = KERAS_VERSION.encode("utf8")
+        layer = f.create_group(MAIN_LAYER)
+        weight_names = []
+        for name in names:
+            weight_name = prefix + tf_weight_name(name)
+            _write_dataset(layer, weight_name, to_tf_layout(name, np.asarray(state[name])))
+            weight_names.append(weight_name)
+        _save_attribute_list(layer, "weight_names", weight_names)
+        f.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype=np.float64)
+    return [os.path.abspath(path)]

@@ -1,0 +1,243 @@
+"""transformers' flax_model.msgpack, in flax.serialization's layout, with the msgpack package only.
+
+The file is one msgpack map: the Flax params tree (no ``params`` wrapper), keys sorted, layer
+indices as string keys. Each array is an ExtType of code 1 whose payload is itself msgpack:
+``(shape, dtype name, C-order bytes)`` (code 3 is the same for numpy scalars). Arrays over 1 GiB
+are stored as a map ``{"__msgpack_chunked_array__": True, "shape": {...}, "chunks": {...}}`` of
+flat pieces, as flax does to stay under msgpack's 2 GiB object limit.
+
+The reader indexes the byte range of every leaf in one pass over the map structure (skipping array
+payloads), then decodes one leaf at a time from a memory map.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from clip_core.files import atomic_path
+from clip_core.formats.base import CheckpointReader, extended_dtype, parameter_names, tensor_info
+from clip_core.weights import (
+    CheckpointError,
+    canonical_name_from_flax,
+    flax_path,
+    from_channels_last,
+    shape_from_channels_last,
+    to_channels_last,
+)
+
+FILENAME = "flax_model.msgpack"
+EXT_NDARRAY, EXT_NPSCALAR = 1, 3
+CHUNKED = "__msgpack_chunked_array__"
+MAX_CHUNK_SIZE = 2**30  # flax's limit per array piece
+
+_MAP_MARKERS = set(range(0x80, 0x90)) | {0xDE, 0xDF}
+_FIXEXT_SIZES = {0xD4: 1, 0xD5: 2, 0xD6: 4, 0xD7: 8, 0xD8: 16}
+_EXT_LENGTH_BYTES = {0xC7: 1, 0xC8: 2, 0xC9: 4}
+
+
+def _msgpack():
+    try:
+        import msgpack
+    except ImportError:
+        raise CheckpointError(
+            "reading or writing flax_model.msgpack needs msgpack (pip install msgpack)"
+        ) from None
+    return msgpack
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays <-> ext payloads
+
+
+def _array_from_payload(payload) -> np.ndarray:
+    shape, dtype_name, buffer = _msgpack().unpackb(payload, raw=True)
+    dtype = extended_dtype(dtype_name.decode("ascii"))
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape).copy()
+
+
+def _ext_hook(code: int, payload: bytes):
+    if code == EXT_NDARRAY:
+        return _array_from_payload(payload)
+    if code == EXT_NPSCALAR:
+        return _array_from_payload(payload)[()]
+    raise CheckpointError(f"unexpected msgpack extension type {code}")
+
+
+def _array_payload(array: np.ndarray) -> bytes:
+    return _msgpack().packb((array.shape, array.dtype.name, array.tobytes("C")), use_bin_type=True)
+
+
+def _unchunk(leaf: dict) -> np.ndarray:
+    shape = tuple(leaf["shape"][str(i)] for i in range(len(leaf["shape"])))
+    pieces = [leaf["chunks"][str(i)] for i in range(len(leaf["chunks"]))]
+    return np.concatenate(pieces).reshape(shape)
+
+
+def _ext_payload_range(buf, start: int) -> tuple[int, int, int]:
+    """(ext code, payload start, payload end) of the ext object at ``buf[start]``."""
+    marker = buf[start]
+    if marker in _FIXEXT_SIZES:
+        return buf[start + 1], start + 2, start + 2 + _FIXEXT_SIZES[marker]
+    if marker in _EXT_LENGTH_BYTES:
+        width = _EXT_LENGTH_BYTES[marker]
+        length = int.from_bytes(buf[start + 1 : start + 1 + width], "big")
+        code_at = start + 1 + width
+        return buf[code_at], code_at + 1, code_at + 1 + length
+    raise CheckpointError(f"byte {start}: expected an array, found msgpack type 0x{marker:02x}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+class MsgpackReader(CheckpointReader):
+    def __init__(self, path: str):
+        super().__init__(path)
+        msgpack = _msgpack()
+        self._leaves: dict[str, tuple[int, int]] = {}
+        try:
+            with open(path, "rb") as f:
+                self._buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            size = len(self._buf)
+            unpacker = msgpack.Unpacker(
+                _MemoryFile(self._buf), raw=False, strict_map_key=False, max_buffer_size=max(size, 1 << 20)
+            )
+            self._index_map(unpacker, unpacker.read_map_header(), ())
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(
+                f"{path} is not a readable flax msgpack file: {type(e).__name__}: {e}"
+            ) from None
+
+    def _index_map(self, unpacker, entries: int, path: tuple[str, ...], first_key=None) -> None:
+        for i in range(entries):
+            key = first_key if (i == 0 and first_key is not None) else unpacker.unpack()
+            start = unpacker.tell()
+            if start >= len(self._buf):
+                raise CheckpointError(f"{self.path} ends early (truncated?) inside {'/'.join(path)}")
+            if self._buf[start] in _MAP_MARKERS:
+                inner = unpacker.read_map_header()
+                inner_first = unpacker.unpack() if inner else None
+                if inner_first == CHUNKED:
+                    for _ in range(2 * inner - 1):
+                        unpacker.skip()
+                    self._add_leaf(path + (str(key),), start, unpacker.tell())
+                else:
+                    self._index_map(unpacker, inner, path + (str(key),), inner_first)
+            else:
+                unpacker.skip()
+                self._add_leaf(path + (str(key),), start, unpacker.tell())
+
+    def _add_leaf(self, path: tuple[str, ...], start: int, end: int) -> None:
+        if path and path[0] == "params" and len(path) > 1:
+            path = path[1:]  # a tree saved with its ``params`` wrapper
+        self._leaves[canonical_name_from_flax(path)] = (start, end)
+
+    def keys(self):
+        return self._leaves.keys()
+
+    def _raw_leaf(self, name: str):
+        start, end = self._leaves[name]
+        return _msgpack().unpackb(self._buf[start:end], ext_hook=_ext_hook, raw=False, strict_map_key=False)
+
+    def info(self, name):
+        start, end = self._leaves[name]
+        if self._buf[start] in _MAP_MARKERS:  # chunked: rare (> 1 GiB); decode it
+            array = self.get_tensor(name)
+            return tuple(array.shape), array.dtype
+        code, payload_start, payload_end = _ext_payload_range(self._buf, start)
+        # The payload starts with the shape and dtype name; the bytes follow. Read only the head.
+        head = _msgpack().Unpacker(raw=True)
+        head.feed(self._buf[payload_start : min(payload_end, payload_start + 4096)])
+        head.read_array_header()
+        shape, dtype_name = tuple(head.unpack()), head.unpack().decode("ascii")
+        return shape_from_channels_last(name, shape), extended_dtype(dtype_name)
+
+    def get_tensor(self, name):
+        leaf = self._raw_leaf(name)
+        if isinstance(leaf, dict) and leaf.get(CHUNKED):
+            leaf = _unchunk(leaf)
+        if not isinstance(leaf, np.ndarray | np.generic):
+            raise CheckpointError(f"{self.path}: {name} is not an array but {type(leaf).__name__}")
+        return from_channels_last(name, np.asarray(leaf))
+
+    def close(self):
+        self._buf.close()
+
+
+class _MemoryFile:
+    """A file-like view of a memory map, so msgpack's Unpacker streams it without a copy."""
+
+    def __init__(self, buf):
+        self._buf, self._pos = buf, 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._buf) if n is None or n < 0 else min(len(self._buf), self._pos + n)
+        data = self._buf[self._pos : end]
+        self._pos = end
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _tree_of_names(names: list[str]) -> dict:
+    """Nested dict of Flax path components -> canonical name at the leaves."""
+    tree: dict = {}
+    for name in names:
+        *parents, leaf = flax_path(name)
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{name} collides with another tensor's Flax path")
+        node[leaf] = name
+    return tree
+
+
+def _pack_leaf(packer, array: np.ndarray) -> bytes:
+    msgpack = _msgpack()
+    array = np.asarray(array, order="C")
+    if array.nbytes <= MAX_CHUNK_SIZE:
+        return packer.pack(msgpack.ExtType(EXT_NDARRAY, _array_payload(array)))
+    flat = array.reshape(-1)
+    step = max(1, MAX_CHUNK_SIZE // array.dtype.itemsize)
+    pieces = [flat[i : i + step] for i in range(0, flat.size, step)]
+    out = packer.pack_map_header(3) + packer.pack(CHUNKED) + packer.pack(True)
+    out += packer.pack("shape") + packer.pack({str(i): d for i, d in enumerate(array.shape)})
+    out += packer.pack("chunks") + packer.pack_map_header(len(pieces))
+    for i, piece in enumerate(pieces):
+        out += packer.pack(str(i)) + packer.pack(msgpack.ExtType(EXT_NDARRAY, _array_payload(piece)))
+    return out
+
+
+def _write_tree(f, packer, node: dict, state: Mapping) -> None:
+    # Sorted keys: flax (through jax's pytree flattening) writes maps in sorted key order.
+    f.write(packer.pack_map_header(len(node)))
+    for key in sorted(node):
+        f.write(packer.pack(key))
+        value = node[key]
+        if isinstance(value, dict):
+            _write_tree(f, packer, value, state)
+        else:
+            f.write(_pack_leaf(packer, to_channels_last(value, np.asarray(state[value]))))
+
+
+def save_msgpack(state: Mapping, folder: str) -> list[str]:
+    """flax_model.msgpack that transformers' FlaxCLIPModel (and flax.serialization) reads."""
+    msgpack = _msgpack()
+    names = parameter_names(state)
+    for name in names:
+        tensor_info(state, name)
+    tree = _tree_of_names(names)
+    path = os.path.join(folder, FILENAME)
+    packer = msgpack.Packer(use_bin_type=True, strict_types=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        _write_tree(f, packer, tree, state)
+    return [os.path.abspath(path)]
