@@ -450,19 +450,14 @@ def _write_output(pixels: np.ndarray, plan: _Plan, pre_scale, rescale: bool, cha
     return out
 
 
-_warned_scaled = False
-
-
 def _warn_already_scaled() -> None:
-    global _warned_scaled
-    if not _warned_scaled:
-        _warned_scaled = True
-        warnings.warn(
-            "float images with values in [0, 1] are taken as already rescaled: rescale_factor is not applied to "
-            "them (transformers would apply it a second time unless do_rescale=False)",
-            UserWarning,
-            stacklevel=4,
-        )
+    # Python's default warning filter shows this once per call site, not once per image.
+    warnings.warn(
+        "float images with values in [0, 1] are taken as already rescaled: rescale_factor is not applied to "
+        "them (transformers would apply it a second time unless do_rescale=False)",
+        UserWarning,
+        stacklevel=5,
+    )
 
 
 def _process_one(image, plan: _Plan, out: np.ndarray | None) -> np.ndarray:
