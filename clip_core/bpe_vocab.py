@@ -130,24 +130,27 @@ class BytePairEncoder:
 
     def _merge(self, word: str) -> tuple[str, ...]:
         symbols = [*word[:-1], word[-1] + END_OF_WORD]
-        ranks = self.ranks
-        while len(symbols) > 1:
-            # The lowest-ranked adjacent pair is merged everywhere it occurs, left to right.
-            best_rank, best = None, None
-            for pair in zip(symbols, symbols[1:]):
-                rank = ranks.get(pair)
-                if rank is not None and (best_rank is None or rank < best_rank):
-                    best_rank, best = rank, pair
-            if best is None:
+        ranks, never = self.ranks, len(self.ranks)
+        get = ranks.get
+        # Rank of each adjacent pair; after a merge only the two pairs around it change.
+        pair_ranks = [get(pair, never) for pair in zip(symbols, symbols[1:])]
+        while pair_ranks:
+            best = min(pair_ranks)
+            if best == never:
                 break
-            first, second = best
-            merged, i, n = [], 0, len(symbols)
-            while i < n:
-                if i < n - 1 and symbols[i] == first and symbols[i + 1] == second:
-                    merged.append(first + second)
-                    i += 2
-                else:
-                    merged.append(symbols[i])
-                    i += 1
-            symbols = merged
+            # Merge the best pair at each occurrence, left to right. A merged symbol can never
+            # re-form the same pair with a neighbour, so searching again from the left gives exactly
+            # the non-overlapping left-to-right merges of the textbook formulation.
+            i = pair_ranks.index(best)
+            while True:
+                symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
+                del pair_ranks[i]
+                if i > 0:
+                    pair_ranks[i - 1] = get((symbols[i - 1], symbols[i]), never)
+                if i < len(pair_ranks):
+                    pair_ranks[i] = get((symbols[i], symbols[i + 1]), never)
+                try:
+                    i = pair_ranks.index(best, i)
+                except ValueError:
+                    break
         return tuple(symbols)

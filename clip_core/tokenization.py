@@ -18,6 +18,8 @@ space, stripped, lowercased.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import html
 import json
 import os
@@ -93,6 +95,19 @@ def _fix_text():
             "cleaner whose tokens differ"
         ) from None
     return ftfy.fix_text
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Encoding a batch allocates many small lists and no reference cycles; the cyclic GC would only
+    re-scan the (large) word caches again and again, which costs more than the encoding itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class BatchEncoding(dict):
@@ -275,12 +290,12 @@ class _CLIPTokenizerBase:
         return byte_decode("".join(tokens), self.errors).replace(END_OF_WORD, " ").strip()
 
     # ----- encoding -------------------------------------------------------------------------------
-    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """ids of each text, without the special tokens around it."""
+    def _encode_batch(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+        """ids of each text, between <|startoftext|> and <|endoftext|> when add_special_tokens."""
         raise NotImplementedError
 
     def tokenize(self, text: str, **kwargs) -> list[str]:
-        return [self.decoder[i] for i in self._encode_batch([text])[0]]
+        return [self.decoder[i] for i in self._encode_batch([text], False)[0]]
 
     def encode(
         self,
@@ -328,10 +343,8 @@ class _CLIPTokenizerBase:
             if not isinstance(item, str):
                 raise ValueError(f"text[{index}] must be a string, not {type(item).__name__}")
         padding, truncation, max_length = self._resolve_strategies(padding, truncation, max_length)
-        ids = self._encode_batch(texts)
-        if add_special_tokens:
-            bos, eos = self.bos_token_id, self.eos_token_id
-            ids = [[bos, *row, eos] for row in ids]
+        with _gc_paused():
+            ids = self._encode_batch(texts, add_special_tokens)
         if truncation is not None:
             ids = self._truncate(ids, max_length, add_special_tokens)
         if return_tensors is not None and truncation is None and self.model_max_length < _LARGE:
@@ -636,8 +649,7 @@ class CLIPTokenizer(_CLIPTokenizerBase):
                     cache[word] = ids
             out += ids
 
-    def _encode_text(self, text: str) -> list[int]:
-        out: list[int] = []
+    def _encode_text(self, text: str, out: list[int]) -> list[int]:
         if self._added_split is None:
             self._encode_chunk(text, out)
             return out
@@ -648,8 +660,14 @@ class CLIPTokenizer(_CLIPTokenizerBase):
                 self._encode_chunk(chunk, out)
         return out
 
-    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [self._encode_text(t) for t in texts]
+    def _encode_batch(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+        if not add_special_tokens:
+            return [self._encode_text(t, []) for t in texts]
+        bos, eos = self.bos_token_id, self.eos_token_id
+        rows = [self._encode_text(t, [bos]) for t in texts]
+        for row in rows:
+            row.append(eos)
+        return rows
 
 
 def tokenize(texts, context_length: int = OPENAI_CONTEXT_LENGTH, truncate: bool = True) -> np.ndarray:

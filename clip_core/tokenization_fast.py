@@ -205,27 +205,33 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
         return (*configs, tokenizer_file, *self.save_vocabulary(save_directory))
 
     # ----- text -> ids ----------------------------------------------------------------------------
-    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+    def _encode_batch(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
         ids: list = [None] * len(texts)
         for_backend = []
         python_path, not_plain = self._python_path, _NOT_PLAIN_ASCII.search
+        start = [self.bos_token_id] if add_special_tokens else []
         for index, text in enumerate(texts):
             if python_path and not_plain(text) is None:
-                ids[index] = self._encode_plain_ascii(text)
+                ids[index] = self._encode_plain_ascii(text, start.copy())
             else:
                 for_backend.append(index)
         if for_backend:
+            # Special tokens are added below for every text alike (transformers' post-processor adds
+            # the same two), so a custom tokenizer.json post-processor is not consulted.
             encodings = self._backend.encode_batch([texts[i] for i in for_backend], add_special_tokens=False)
             for index, encoding in zip(for_backend, encodings):
-                ids[index] = encoding.ids
+                ids[index] = start + encoding.ids
+        if add_special_tokens:
+            eos = self.eos_token_id
+            for row in ids:
+                row.append(eos)
         return ids
 
-    def _encode_plain_ascii(self, text: str) -> list[int]:
+    def _encode_plain_ascii(self, text: str, out: list[int]) -> list[int]:
         text = text.lower()
         # The library cuts added tokens out of the normalised (lowercased) text before splitting words.
         if "<|" not in text:
-            return self._encode_words(text, [])
-        out: list[int] = []
+            return self._encode_words(text, out)
         for index, chunk in enumerate(_SPECIAL_SPLIT.split(text)):
             if index % 2:
                 out.append(self.encoder[chunk])
