@@ -3,7 +3,7 @@
 * ``bench_captions(n)``: caption-like texts drawn from a wide vocabulary (about 30,000 English
   words: the whole-word entries of CLIP's own vocabulary), with a Zipf-like word frequency as in
   real captions, some capitals, numbers, punctuation and a share of accented words and emoji.
-* ``test_corpus()``: at least 2,000 strings covering what tokenizers get wrong: accents, CJK,
+* ``tokenizer_corpus()``: at least 2,000 strings covering what tokenizers get wrong: accents, CJK,
   Arabic, Devanagari, emoji, mojibake ftfy repairs, HTML entities, numbers, punctuation runs,
   contractions, texts far over 77 tokens, odd whitespace, control characters, the empty string and
   literal special tokens.
@@ -228,7 +228,7 @@ _PIECES = {
 }
 
 
-def test_corpus(seed: int = 1) -> list[str]:
+def tokenizer_corpus(seed: int = 1) -> list[str]:
     """Every piece on its own, every pair of categories mixed, long texts, and random captions."""
     rng = random.Random(seed)
     pieces = [p for group in _PIECES.values() for p in group]
