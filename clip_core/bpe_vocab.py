@@ -124,6 +124,9 @@ class BytePairEncoder:
             cached = self._token_cache[word] = self._merge(word)
         return cached
 
+    def clear_cache(self) -> None:
+        self._token_cache.clear()
+
     def ids(self, word: str) -> list[int]:
         get, unk = self.encoder.get, self.unk_id
         return [get(t, unk) for t in self.tokens(word)]

@@ -24,6 +24,7 @@ import html
 import json
 import os
 import re as std_re
+from itertools import chain
 
 import numpy as np
 import regex
@@ -415,7 +416,7 @@ class _CLIPTokenizerBase:
                 )
 
     def _pad(self, ids, padding, max_length, return_tensors, with_mask: bool) -> BatchEncoding:
-        lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         if padding is None:
             if return_tensors is not None and len(set(lengths.tolist())) > 1:
                 raise ValueError(
@@ -426,16 +427,13 @@ class _CLIPTokenizerBase:
                 encoding["attention_mask"] = [[1] * len(row) for row in ids]
             return encoding
         width = int(lengths.max(initial=0)) if padding == "longest" else max_length
-        width = max(
-            width, int(lengths.max(initial=0))
-        )  # never cut here: truncation is separate, as in transformers
+        # Never cut here: truncation is a separate step, as in transformers.
+        width = max(width, int(lengths.max(initial=0)))
         # One vectorised scatter instead of a Python loop per row.
         valid = np.arange(width)[None, :] < lengths[:, None]
         input_ids = np.full((len(ids), width), self.pad_token_id, dtype=np.int64)
         if len(ids):
-            input_ids[valid] = np.fromiter(
-                (i for row in ids for i in row), dtype=np.int64, count=int(lengths.sum())
-            )
+            input_ids[valid] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
         encoding = BatchEncoding(input_ids=input_ids if return_tensors is not None else input_ids.tolist())
         if with_mask:
             mask = valid.astype(np.int64)
@@ -602,6 +600,11 @@ class CLIPTokenizer(_CLIPTokenizerBase):
             self._added_split = std_re.compile("(" + "|".join(std_re.escape(t) for t in added) + ")")
         self._word_ids: dict[str, list[int]] = {}
 
+    def clear_cache(self) -> None:
+        """Forget the words seen so far (they are re-encoded on next sight; for benchmarks and memory)."""
+        self._word_ids.clear()
+        self._bpe.clear_cache()
+
     @staticmethod
     def _token_of_id(encoder, index):
         return next(t for t, i in encoder.items() if i == index)
@@ -639,15 +642,23 @@ class CLIPTokenizer(_CLIPTokenizerBase):
         return self._split.findall(self.clean_text(chunk))
 
     def _encode_chunk(self, chunk: str, out: list[int]) -> None:
-        cache, literals = self._word_ids, self._literal_ids
-        for word in self._words(chunk):
-            ids = cache.get(word)
-            if ids is None:
-                special = literals.get(word)
-                ids = [special] if special is not None else self._bpe.ids(byte_encode(word))
-                if len(cache) < 1_000_000:  # bound the memory a stream of unique words can take
-                    cache[word] = ids
-            out += ids
+        words = self._words(chunk)
+        start = len(out)
+        try:
+            # All words known: one C-level pass, no Python loop per word.
+            out.extend(chain.from_iterable(map(self._word_ids.__getitem__, words)))
+        except KeyError:
+            del out[start:]
+            for word in words:
+                ids = self._word_ids.get(word)
+                out += self._learn_word(word) if ids is None else ids
+
+    def _learn_word(self, word: str) -> list[int]:
+        special = self._literal_ids.get(word)
+        ids = [special] if special is not None else self._bpe.ids(byte_encode(word))
+        if len(self._word_ids) < 1_000_000:  # bound the memory a stream of unique words can take
+            self._word_ids[word] = ids
+        return ids
 
     def _encode_text(self, text: str, out: list[int]) -> list[int]:
         if self._added_split is None:

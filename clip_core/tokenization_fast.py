@@ -17,6 +17,7 @@ import os
 import re as std_re
 import shutil
 import tempfile
+from itertools import chain
 
 from .bpe_vocab import BOS_TOKEN, END_OF_WORD, EOS_TOKEN, openai_vocab, read_vocab_files
 from .files import atomic_path
@@ -147,6 +148,11 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
         self._python_path = self._is_standard_pipeline()
         self._word_ids: dict[str, list[int]] = {}
 
+    def clear_cache(self) -> None:
+        """Forget the words seen so far, here and in the library's BPE cache."""
+        self._word_ids.clear()
+        self._backend.model._clear_cache()
+
     @property
     def backend_tokenizer(self):
         return self._backend
@@ -240,15 +246,23 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
         return out
 
     def _encode_words(self, text: str, out: list[int]) -> list[int]:
-        cache = self._word_ids
-        for word in _ASCII_WORDS.findall(text):
-            ids = cache.get(word)
-            if ids is None:
-                ids = [token.id for token in self._backend.model.tokenize(word)]
-                if len(cache) < 1_000_000:  # bound the memory a stream of unique words can take
-                    cache[word] = ids
-            out += ids
+        words = _ASCII_WORDS.findall(text)
+        start = len(out)
+        try:
+            # All words known: one C-level pass, no Python loop per word.
+            out.extend(chain.from_iterable(map(self._word_ids.__getitem__, words)))
+        except KeyError:
+            del out[start:]
+            for word in words:
+                ids = self._word_ids.get(word)
+                out += self._learn_word(word) if ids is None else ids
         return out
+
+    def _learn_word(self, word: str) -> list[int]:
+        ids = [token.id for token in self._backend.model.tokenize(word)]
+        if len(self._word_ids) < 1_000_000:  # bound the memory a stream of unique words can take
+            self._word_ids[word] = ids
+        return ids
 
     def _decode_ids(self, ids: list[int], skip_special_tokens: bool) -> str:
         vocab_size = len(self)
