@@ -173,6 +173,7 @@ class _CLIPTokenizerBase:
 
     model_input_names = ["input_ids", "attention_mask"]
     padding_side = "right"
+    _length_after_padding = False
 
     def _init_specials(
         self,
@@ -329,30 +330,44 @@ class _CLIPTokenizerBase:
         return_tensors: str | None = None,
         return_attention_mask: bool | None = None,
         return_length: bool = False,
-        **kwargs,
+        return_token_type_ids: bool | None = None,
+        pad_to_multiple_of: int | None = None,
+        verbose: bool = True,
     ) -> BatchEncoding:
         if text is None:
             raise ValueError("text must be a string or a list of strings, not None")
         if text_pair is not None:
             raise ValueError("CLIP encodes single texts; text_pair is not supported")
-        unknown = set(kwargs) - {"verbose", "return_token_type_ids", "pad_to_multiple_of"}
-        if unknown:
-            raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
+        if pad_to_multiple_of is not None and (
+            not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1
+        ):
+            raise ValueError(f"pad_to_multiple_of must be a positive integer, not {pad_to_multiple_of!r}")
         single = isinstance(text, str)
         texts = [text] if single else list(text)
         for index, item in enumerate(texts):
             if not isinstance(item, str):
                 raise ValueError(f"text[{index}] must be a string, not {type(item).__name__}")
         padding, truncation, max_length = self._resolve_strategies(padding, truncation, max_length)
+        if padding and truncation and pad_to_multiple_of and max_length % pad_to_multiple_of:
+            raise ValueError(
+                f"truncation length {max_length} is not a multiple of pad_to_multiple_of={pad_to_multiple_of}, "
+                "so padded rows would exceed it"
+            )
         with _gc_paused():
             ids = self._encode_batch(texts, add_special_tokens)
         if truncation is not None:
             ids = self._truncate(ids, max_length, add_special_tokens)
         if return_tensors is not None and truncation is None and self.model_max_length < _LARGE:
             self._check_fits_context(ids)
-        encoding = self._pad(ids, padding, max_length, return_tensors, return_attention_mask is not False)
+        encoding = self._pad(
+            ids, padding, max_length, pad_to_multiple_of, return_tensors, return_attention_mask is not False
+        )
+        if return_token_type_ids:  # CLIP has no token types; transformers returns zeros when asked
+            encoding["token_type_ids"] = [[0] * len(row) for row in encoding["input_ids"]]
         if return_length:
-            encoding["length"] = [len(row) for row in ids]
+            # The two transformers classes disagree: the slow one counts tokens, the fast one padded positions.
+            rows = encoding["input_ids"] if self._length_after_padding else ids
+            encoding["length"] = [len(row) for row in rows]
         if single and return_tensors is None:
             encoding = BatchEncoding({k: v[0] for k, v in encoding.items()})
         return encoding.convert_to_tensors(return_tensors)
@@ -415,7 +430,7 @@ class _CLIPTokenizerBase:
                     "pass truncation=True to cut it (keeping the final <|endoftext|>)"
                 )
 
-    def _pad(self, ids, padding, max_length, return_tensors, with_mask: bool) -> BatchEncoding:
+    def _pad(self, ids, padding, max_length, multiple, return_tensors, with_mask: bool) -> BatchEncoding:
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         if padding is None:
             if return_tensors is not None and len(set(lengths.tolist())) > 1:
@@ -426,18 +441,34 @@ class _CLIPTokenizerBase:
             if with_mask:
                 encoding["attention_mask"] = [[1] * len(row) for row in ids]
             return encoding
-        width = int(lengths.max(initial=0)) if padding == "longest" else max_length
-        # Never cut here: truncation is a separate step, as in transformers.
-        width = max(width, int(lengths.max(initial=0)))
+        longest = int(lengths.max(initial=0))
+        target = longest if padding == "longest" else max_length
+        if multiple:
+            target = -(-target // multiple) * multiple
+        if longest > target:
+            # Padding never cuts (truncation is a separate step, as in transformers), so rows stay ragged.
+            if return_tensors is not None:
+                index = int(np.argmax(lengths))
+                raise ValueError(
+                    f"text {index} has {longest} tokens, more than max_length={target}; "
+                    "pass truncation=True to cut it to that length"
+                )
+            widths = np.maximum(lengths, target).tolist()
         # One vectorised scatter instead of a Python loop per row.
+        width = max(longest, target)
         valid = np.arange(width)[None, :] < lengths[:, None]
         input_ids = np.full((len(ids), width), self.pad_token_id, dtype=np.int64)
         if len(ids):
             input_ids[valid] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
-        encoding = BatchEncoding(input_ids=input_ids if return_tensors is not None else input_ids.tolist())
+        mask = valid.astype(np.int64)
+        if return_tensors is None:
+            input_ids, mask = input_ids.tolist(), mask.tolist()
+            if longest > target:
+                input_ids = [row[:w] for row, w in zip(input_ids, widths)]
+                mask = [row[:w] for row, w in zip(mask, widths)]
+        encoding = BatchEncoding(input_ids=input_ids)
         if with_mask:
-            mask = valid.astype(np.int64)
-            encoding["attention_mask"] = mask if return_tensors is not None else mask.tolist()
+            encoding["attention_mask"] = mask
         return encoding
 
     # ----- decoding -------------------------------------------------------------------------------

@@ -103,6 +103,7 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
 
     _default_padding = False
     _default_truncation = None
+    _length_after_padding = True
 
     def __init__(
         self,

@@ -243,6 +243,9 @@ CALLS = [
     {"padding": True, "return_attention_mask": False},
     {"add_special_tokens": False, "padding": True, "max_length": 12, "truncation": True},
     {"padding": True, "return_tensors": "pt"},
+    {"padding": "max_length", "max_length": 12},  # longer rows stay longer (ragged lists), as in transformers
+    {"padding": True, "pad_to_multiple_of": 8, "return_tensors": "np", "truncation": True, "max_length": 16},
+    {"padding": True, "return_token_type_ids": True, "return_length": True},
 ]
 
 
@@ -268,6 +271,19 @@ def test_call_api_matches_transformers(kwargs, slow, fast, hf_slow, hf_fast, cor
     single = slow("a photo of a cat")
     assert single == hf_slow[0]("a photo of a cat").data
     assert fast("a photo", return_tensors="np")["input_ids"].shape == (1, 4)
+
+
+@pytest.mark.parametrize(
+    "framework", ["jax"]
+)  # "tf" works the same way but its import alone takes ~20 s here
+def test_other_framework_tensors(framework, slow):
+    module = pytest.importorskip({"jax": "jax.numpy", "tf": "tensorflow"}[framework])
+    enc = slow(["a photo", "a photo of a cat"], padding=True, return_tensors=framework)
+    want = slow(["a photo", "a photo of a cat"], padding=True, return_tensors="np")
+    for key in want:
+        assert np.asarray(enc[key]).tolist() == want[key].tolist()
+        assert "int64" in str(enc[key].dtype) or (framework == "jax" and "int32" in str(enc[key].dtype))
+    del module
 
 
 def test_helpers_match_transformers(slow, fast, hf_slow, hf_fast):
@@ -335,6 +351,10 @@ def test_clear_errors(slow, fast, openai):
             tok.decode([10**6])
     with pytest.raises(ValueError, match="text 1 has 102 tokens"):
         slow(["a", "a " * 100], padding=True, return_tensors="np")
+    with pytest.raises(ValueError, match="text 1 has 22 tokens, more than max_length=16"):
+        fast(["a", "a " * 20], padding="max_length", max_length=16, truncation=False, return_tensors="np")
+    with pytest.raises(ValueError, match="pad_to_multiple_of=8"):
+        slow("a", padding=True, truncation=True, pad_to_multiple_of=8)  # 77 is no multiple of 8
     with pytest.raises(ValueError, match="mode"):
         CLIPTokenizer(mode="clip")
 
