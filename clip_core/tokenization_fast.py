@@ -17,9 +17,12 @@ import os
 import re as std_re
 import shutil
 import tempfile
+import unicodedata
 from itertools import chain
 
-from .bpe_vocab import BOS_TOKEN, END_OF_WORD, EOS_TOKEN, openai_vocab, read_vocab_files
+import regex
+
+from .bpe_vocab import BOS_TOKEN, END_OF_WORD, EOS_TOKEN, byte_encode, openai_vocab, read_vocab_files
 from .files import atomic_path
 from .tokenization import _CLIPTokenizerBase
 
@@ -46,6 +49,18 @@ _PRE_TOKENIZER = {
 # piece of CLIP's split further (pieces are a letter run, a digit, a contraction, or a symbol run).
 _NOT_PLAIN_ASCII = std_re.compile(r"[^\t\n\x0b\x0c\r\x20-\x7e]")
 _ASCII_WORDS = std_re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+")
+# A second Python route for common non-ASCII caption characters: Latin letters and punctuation
+# (U+00A0-U+024F), typographic punctuation, symbols, dingbats and emoji with their joiner and
+# variation selector. None of them is a combining mark or has a singleton decomposition, so NFC
+# leaves them alone; none is a capital sigma, the one character Python's contextual lower() and
+# Rust's per-character lowercase treat differently; all were assigned long before Python's
+# Unicode 14 tables. There, Python's `regex` classes agree with Oniguruma's: the test suite checks
+# every one of these code points against the library.
+_NOT_PYTHON_SAFE = std_re.compile(
+    "[^\t\n\x0b\x0c\r\x20-\x7e\u00a0-\u024f\u2010-\u2027\u2030-\u205e\u200d"
+    "\u2190-\u21ff\u2600-\u27bf\ufe0f\U0001f300-\U0001faff]"
+)
+_UNICODE_WORDS = regex.compile(_CLIP_SPLIT)
 _SPECIAL_SPLIT = std_re.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")
 
 
@@ -215,11 +230,16 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
     def _encode_batch(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
         ids: list = [None] * len(texts)
         for_backend = []
-        python_path, not_plain = self._python_path, _NOT_PLAIN_ASCII.search
+        python_path, not_plain, not_safe = self._python_path, _NOT_PLAIN_ASCII.search, _NOT_PYTHON_SAFE.search
         start = [self.bos_token_id] if add_special_tokens else []
         for index, text in enumerate(texts):
-            if python_path and not_plain(text) is None:
-                ids[index] = self._encode_plain_ascii(text, start.copy())
+            if not python_path:
+                for_backend.append(index)
+            elif not_plain(text) is None:
+                ids[index] = self._encode_normalized(text.lower(), start.copy(), _ASCII_WORDS)
+            elif not_safe(text) is None:
+                text = unicodedata.normalize("NFC", text).lower()
+                ids[index] = self._encode_normalized(text, start.copy(), _UNICODE_WORDS)
             else:
                 for_backend.append(index)
         if for_backend:
@@ -234,20 +254,19 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
                 row.append(eos)
         return ids
 
-    def _encode_plain_ascii(self, text: str, out: list[int]) -> list[int]:
-        text = text.lower()
+    def _encode_normalized(self, text: str, out: list[int], word_split) -> list[int]:
         # The library cuts added tokens out of the normalised (lowercased) text before splitting words.
         if "<|" not in text:
-            return self._encode_words(text, out)
+            return self._encode_words(text, out, word_split)
         for index, chunk in enumerate(_SPECIAL_SPLIT.split(text)):
             if index % 2:
                 out.append(self.encoder[chunk])
             else:
-                self._encode_words(chunk, out)
+                self._encode_words(chunk, out, word_split)
         return out
 
-    def _encode_words(self, text: str, out: list[int]) -> list[int]:
-        words = _ASCII_WORDS.findall(text)
+    def _encode_words(self, text: str, out: list[int], word_split) -> list[int]:
+        words = word_split.findall(text)
         start = len(out)
         try:
             # All words known: one C-level pass, no Python loop per word.
@@ -260,7 +279,7 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
         return out
 
     def _learn_word(self, word: str) -> list[int]:
-        ids = [token.id for token in self._backend.model.tokenize(word)]
+        ids = [token.id for token in self._backend.model.tokenize(byte_encode(word))]
         if len(self._word_ids) < 1_000_000:  # bound the memory a stream of unique words can take
             self._word_ids[word] = ids
         return ids

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clip_core.tokenization import _NEEDS_FTFY, CLIPTokenizer, tokenize
-from clip_core.tokenization_fast import _NOT_PLAIN_ASCII, CLIPTokenizerFast
+from clip_core.tokenization_fast import _NOT_PLAIN_ASCII, _NOT_PYTHON_SAFE, CLIPTokenizerFast
 from tools.tokenizer_texts import tokenizer_corpus
 
 transformers = pytest.importorskip("transformers")
@@ -165,6 +165,32 @@ def test_every_ascii_character(slow, fast, hf_slow, hf_fast, openai, open_clip_t
     assert slow(texts)["input_ids"] == hf_slow[0](texts)["input_ids"]
     assert fast(texts)["input_ids"] == hf_fast[0](texts)["input_ids"]
     np.testing.assert_array_equal(tokenize(texts), open_clip_tokenizer.tokenize(texts).numpy())
+
+
+PYTHON_SAFE_CHARS = [
+    c for c in map(chr, range(0x20000)) if _NOT_PYTHON_SAFE.search(c) is None and _NOT_PLAIN_ASCII.search(c)
+]
+
+
+def test_fast_unicode_shortcut_every_code_point():
+    """Every non-ASCII character the fast tokenizer handles in Python, against the library itself."""
+    assert len(PYTHON_SAFE_CHARS) > 3000
+    texts = []
+    for c in PYTHON_SAFE_CHARS:
+        texts += [f"a{c}b {c}{c}", f"!{c}! x{c}'s 1{c}2", f"É{c}ÿ <|endoftext|>{c}"]
+    library = CLIPTokenizerFast()
+    library._python_path = False  # every text through tokenizers (equal to transformers: tested above)
+    assert CLIPTokenizerFast()(texts)["input_ids"] == library(texts)["input_ids"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from(PYTHON_SAFE_CHARS + list(" aZ'!1<|>")), max_size=30))
+def test_fast_unicode_shortcut_mixtures(text):
+    assert _FAST(text)["input_ids"] == _LIBRARY(text)["input_ids"]
+
+
+_FAST, _LIBRARY = CLIPTokenizerFast(), CLIPTokenizerFast()
+_LIBRARY._python_path = False
 
 
 def test_openai_mode_equals_open_clip(openai, open_clip_tokenizer, corpus):
