@@ -1,0 +1,159 @@
+"""CLIP's byte-level BPE vocabulary: the bundled OpenAI file, transformers' vocab.json/merges.txt, and the BPE itself.
+
+Shared by the pure-Python tokenizer (tokenization.py) and the `tokenizers`-backed one (tokenization_fast.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import os
+
+from .files import atomic_write_text
+
+OPENAI_BPE_PATH = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "data", "bpe_simple_vocab_16e6.txt.gz"
+)
+
+# CLIP uses the first 49152 - 256 - 2 merges of its merge list: 256 byte symbols, 256 end-of-word
+# forms, 48894 merges and 2 special tokens make the 49408-entry vocabulary.
+NUM_MERGES = 49152 - 256 - 2
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+END_OF_WORD = "</w>"
+MERGES_HEADER = "#version: 0.2"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (bytes that print as themselves keep their code)."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    table = {b: chr(b) for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + shifted)
+            shifted += 1
+    return table
+
+
+BYTE_TO_UNICODE: dict[int, str] = _bytes_to_unicode()
+UNICODE_TO_BYTE: dict[str, int] = {c: b for b, c in BYTE_TO_UNICODE.items()}
+# bytes.translate-free fast path: for bytes -> str we index this list.
+_BYTE_CHARS: list[str] = [BYTE_TO_UNICODE[b] for b in range(256)]
+
+
+def byte_encode(word: str) -> str:
+    """``word``'s UTF-8 bytes spelled with the byte-level alphabet (printable ASCII maps to itself)."""
+    if word.isascii() and word.isprintable() and " " not in word:
+        return word  # '!'..'~' are their own byte symbols
+    return "".join([_BYTE_CHARS[b] for b in word.encode("utf-8")])
+
+
+def byte_decode(text: str, errors: str = "replace") -> str:
+    """Inverse of byte_encode over a concatenation of byte symbols."""
+    return bytes([UNICODE_TO_BYTE[c] for c in text]).decode("utf-8", errors=errors)
+
+
+@functools.lru_cache(maxsize=1)
+def openai_vocab() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    """(token -> id, merges) from the bundled OpenAI file, laid out exactly as transformers' vocab.json."""
+    with gzip.open(OPENAI_BPE_PATH, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = tuple(tuple(line.split()) for line in lines[1 : NUM_MERGES + 1])
+    return _vocab_from_merges(merges), merges
+
+
+def _vocab_from_merges(merges) -> dict[str, int]:
+    symbols = list(BYTE_TO_UNICODE.values())
+    tokens = (
+        symbols + [s + END_OF_WORD for s in symbols] + ["".join(m) for m in merges] + [BOS_TOKEN, EOS_TOKEN]
+    )
+    return {t: i for i, t in enumerate(tokens)}
+
+
+def read_vocab_files(vocab_file: str, merges_file: str) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    """transformers' vocab.json and merges.txt (header line, then one 'a b' merge per line)."""
+    with open(vocab_file, encoding="utf-8") as f:
+        encoder = json.load(f)
+    if not isinstance(encoder, dict):
+        raise ValueError(f"{vocab_file} must hold a JSON object token -> id")
+    with open(merges_file, encoding="utf-8") as f:
+        lines = f.read().strip().split("\n")
+    # Like the reference, read at most CLIP's merge count, skipping the '#version' header line.
+    merges = []
+    for number, line in enumerate(lines[1 : NUM_MERGES + 1], start=2):
+        pair = tuple(line.split())
+        if len(pair) != 2:
+            raise ValueError(f"{merges_file} line {number} is not a merge of two symbols: {line!r}")
+        merges.append(pair)
+    return encoder, tuple(merges)
+
+
+def write_vocab_files(
+    folder: str, encoder: dict[str, int], merges, filename_prefix: str | None = None
+) -> tuple[str, str]:
+    """Write vocab.json and merges.txt the way transformers does (atomic writes)."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"vocabulary folder {folder!r} does not exist")
+    prefix = f"{filename_prefix}-" if filename_prefix else ""
+    vocab_file = os.path.join(folder, prefix + "vocab.json")
+    merges_file = os.path.join(folder, prefix + "merges.txt")
+    atomic_write_text(vocab_file, json.dumps(encoder, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    atomic_write_text(merges_file, MERGES_HEADER + "\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    return vocab_file, merges_file
+
+
+class BytePairEncoder:
+    """CLIP's BPE on byte-encoded words, with a cache of words already seen (caption words repeat a lot)."""
+
+    def __init__(self, encoder: dict[str, int], merges, unk_id: int):
+        self.encoder = encoder
+        self.ranks = {pair: rank for rank, pair in enumerate(merges)}
+        self.unk_id = unk_id
+        self._token_cache: dict[str, tuple[str, ...]] = {}
+
+    def tokens(self, word: str) -> tuple[str, ...]:
+        """BPE pieces of one byte-encoded word; its last piece ends with '</w>'."""
+        cached = self._token_cache.get(word)
+        if cached is None:
+            cached = self._token_cache[word] = self._merge(word)
+        return cached
+
+    def clear_cache(self) -> None:
+        self._token_cache.clear()
+
+    def ids(self, word: str) -> list[int]:
+        get, unk = self.encoder.get, self.unk_id
+        return [get(t, unk) for t in self.tokens(word)]
+
+    def _merge(self, word: str) -> tuple[str, ...]:
+        symbols = [*word[:-1], word[-1] + END_OF_WORD]
+        ranks, never = self.ranks, len(self.ranks)
+        get = ranks.get
+        # Rank of each adjacent pair; after a merge only the two pairs around it change.
+        pair_ranks = [get(pair, never) for pair in zip(symbols, symbols[1:])]
+        while pair_ranks:
+            best = min(pair_ranks)
+            if best == never:
+                break
+            # Merge the best pair at each occurrence, left to right. A merged symbol can never
+            # re-form the same pair with a neighbour, so searching again from the left gives exactly
+            # the non-overlapping left-to-right merges of the textbook formulation.
+            i = pair_ranks.index(best)
+            while True:
+                symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
+                del pair_ranks[i]
+                if i > 0:
+                    pair_ranks[i - 1] = get((symbols[i - 1], symbols[i]), never)
+                if i < len(pair_ranks):
+                    pair_ranks[i] = get((symbols[i], symbols[i + 1]), never)
+                try:
+                    i = pair_ranks.index(best, i)
+                except ValueError:
+                    break
+        return tuple(symbols)

@@ -1,0 +1,733 @@
+"""CLIPTokenizer: CLIP's byte-level BPE in pure Python, token for token equal to transformers' slow tokenizer.
+
+Two modes:
+
+* ``mode="transformers"`` (default) -- transformers 4.57.6's ``CLIPTokenizer``: ``ftfy.fix_text``,
+  whitespace runs -> one space, lowercase, CLIP's split regex, BPE. Literal ``<|startoftext|>`` /
+  ``<|endoftext|>`` in the text become the special ids. Padding uses ``<|endoftext|>`` (49407).
+* ``mode="openai"`` -- open_clip's ``tokenize`` (OpenAI's ``clip.tokenize`` with ``truncate=True``):
+  additionally ``html.unescape`` twice, every call pads to the context length (77) with id 0 and
+  truncates keeping a final ``<|endoftext|>``. The literals open_clip recognises as special are
+  ``<start_of_text>`` / ``<end_of_text>`` (OpenAI's original package recognised ``<|startoftext|>`` /
+  ``<|endoftext|>`` instead; everything else is identical).
+
+"Cleaned text" (what ``decode(encode(x))`` gives back, modulo tokens the vocabulary cannot spell):
+``ftfy.fix_text(x)`` (then ``html.unescape`` twice in openai mode), whitespace runs collapsed to one
+space, stripped, lowercased.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import html
+import json
+import os
+import re as std_re
+from itertools import chain
+
+import numpy as np
+import regex
+
+from .bpe_vocab import (
+    BOS_TOKEN,
+    END_OF_WORD,
+    EOS_TOKEN,
+    BytePairEncoder,
+    byte_decode,
+    byte_encode,
+    openai_vocab,
+    read_vocab_files,
+    write_vocab_files,
+)
+from .files import atomic_write_text, resolve_folder
+
+OPENAI_CONTEXT_LENGTH = 77
+# transformers' "no limit" model_max_length (saved as 1e30 when the folder names none).
+_UNLIMITED = int(1e30)
+_LARGE = int(1e20)
+
+# CLIP's split regex (needs the `regex` package for \p{..}); specials first so they stay whole.
+_WORD_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
+TRANSFORMERS_SPLIT = regex.compile(r"<\|startoftext\|>|<\|endoftext\|>|" + _WORD_PATTERN, regex.IGNORECASE)
+OPEN_CLIP_SPECIALS = ("<start_of_text>", "<end_of_text>")
+OPENAI_SPLIT = regex.compile("|".join(OPEN_CLIP_SPECIALS) + "|" + _WORD_PATTERN, regex.IGNORECASE)
+_WHITESPACE_RUN = regex.compile(r"\s+")
+
+# Text made only of these characters is provably left alone by ftfy.fix_text: every ftfy step acts on
+# non-ASCII characters (mojibake, C1 controls, ligatures, widths, curly quotes, surrogates), on
+# ASCII controls other than tab/newline (terminal escapes, control removal, '\r' line breaks),
+# or on HTML entities, which need '&'; fix_encoding returns pure-ASCII text unchanged and NFC is the
+# identity on ASCII. html.unescape (openai mode) also returns text without '&' unchanged.
+# In such text, CLIP's \p{L} is [a-zA-Z], \p{N} is [0-9] and \s is [\t\n ], so the stdlib `re`
+# (several times faster than `regex`) splits it identically; the test corpus checks both claims.
+_NEEDS_FTFY = std_re.compile(r"[^\t\n\x20-\x25\x27-\x7e]")
+_ASCII_SPLIT = std_re.compile(
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+"
+)
+_ASCII_OPENAI_SPLIT = std_re.compile(
+    r"<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+"
+)
+
+_PADDING = {
+    False: None,
+    "do_not_pad": None,
+    True: "longest",
+    "longest": "longest",
+    "max_length": "max_length",
+}
+_TRUNCATION = {
+    None: None,
+    False: None,
+    "do_not_truncate": None,
+    True: "longest_first",
+    "longest_first": "longest_first",
+    "only_first": "longest_first",
+}
+_MODES = ("transformers", "openai")
+
+
+def _fix_text():
+    try:
+        import ftfy
+    except ImportError:
+        raise ImportError(
+            "CLIPTokenizer needs ftfy (pip install ftfy); without it transformers falls back to a different "
+            "cleaner whose tokens differ"
+        ) from None
+    return ftfy.fix_text
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """Encoding a batch allocates many small lists and no reference cycles; the cyclic GC would only
+    re-scan the (large) word caches again and again, which costs more than the encoding itself."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class BatchEncoding(dict):
+    """transformers-style encoding: a dict (``enc["input_ids"]``) that also reads as attributes (``enc.input_ids``)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getstate__(self):
+        return dict(self)
+
+    def __setstate__(self, state):
+        self.update(state)
+
+    def convert_to_tensors(self, return_tensors: str | None) -> BatchEncoding:
+        for key, value in self.items():
+            self[key] = as_tensor(value, return_tensors)
+        return self
+
+
+def as_tensor(array, return_tensors: str | None):
+    """An int64 array as the requested framework's tensor; the framework is imported only when asked for."""
+    if return_tensors is None:
+        return array
+    array = np.asarray(array, dtype=np.int64)
+    if return_tensors == "np":
+        return array
+    if return_tensors == "pt":
+        import torch
+
+        return torch.from_numpy(array)
+    if return_tensors == "tf":
+        import tensorflow as tf
+
+        return tf.constant(array)
+    if return_tensors == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(array)
+    raise ValueError(f"return_tensors must be None, 'np', 'pt', 'tf' or 'jax', not {return_tensors!r}")
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _token_content(value):
+    """transformers stores a special token either as a string or as an AddedToken dict."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+class _CLIPTokenizerBase:
+    """Everything but the text -> ids step: call API, padding, truncation, decoding, special tokens, files."""
+
+    model_input_names = ["input_ids", "attention_mask"]
+    padding_side = "right"
+    _length_after_padding = False
+
+    def _init_specials(
+        self,
+        encoder: dict[str, int],
+        unk_token: str,
+        bos_token: str,
+        eos_token: str,
+        pad_token: str,
+        model_max_length: int | None,
+        clean_up_tokenization_spaces: bool,
+        added_tokens: dict[str, int] | None,
+    ) -> None:
+        self.encoder = encoder
+        self.decoder = {i: t for t, i in encoder.items()}
+        # Tokens outside vocab.json (e.g. added for textual inversion) from tokenizer_config.json.
+        self.added_tokens_encoder = {t: i for t, i in (added_tokens or {}).items() if t not in encoder}
+        for token, index in self.added_tokens_encoder.items():
+            self.decoder[index] = token
+        self.unk_token, self.bos_token, self.eos_token, self.pad_token = (
+            unk_token,
+            bos_token,
+            eos_token,
+            pad_token,
+        )
+        for name, token in (("unk", unk_token), ("bos", bos_token), ("eos", eos_token), ("pad", pad_token)):
+            if self._lookup(token) is None:
+                raise ValueError(f"{name}_token {token!r} is not in the vocabulary")
+        self.model_max_length = OPENAI_CONTEXT_LENGTH if model_max_length is None else int(model_max_length)
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
+
+    def _lookup(self, token: str) -> int | None:
+        index = self.added_tokens_encoder.get(token)
+        return self.encoder.get(token) if index is None else index
+
+    # ----- special tokens -------------------------------------------------------------------------
+    @property
+    def unk_token_id(self) -> int:
+        return self._lookup(self.unk_token)
+
+    @property
+    def bos_token_id(self) -> int:
+        return self._lookup(self.bos_token)
+
+    @property
+    def eos_token_id(self) -> int:
+        return self._lookup(self.eos_token)
+
+    @property
+    def pad_token_id(self) -> int:
+        return self._lookup(self.pad_token)
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        return list(dict.fromkeys([self.bos_token, self.eos_token, self.unk_token, self.pad_token]))
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return [self._lookup(t) for t in self.all_special_tokens]
+
+    @property
+    def special_tokens_map(self) -> dict[str, str]:
+        return {
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "unk_token": self.unk_token,
+            "pad_token": self.pad_token,
+        }
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.encoder)
+
+    def __len__(self) -> int:
+        return len(set(self.encoder) | set(self.added_tokens_encoder))
+
+    def get_vocab(self) -> dict[str, int]:
+        return {**self.encoder, **self.added_tokens_encoder}
+
+    def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None) -> list[int]:
+        """``<|startoftext|> A <|endoftext|>``; a pair (not a CLIP use) is joined with no separator, as transformers does."""
+        bos, eos = [self.bos_token_id], [self.eos_token_id]
+        if token_ids_1 is None:
+            return bos + list(token_ids_0) + eos
+        return bos + list(token_ids_0) + eos + eos + list(token_ids_1) + eos
+
+    def get_special_tokens_mask(
+        self, token_ids_0, token_ids_1=None, already_has_special_tokens=False
+    ) -> list[int]:
+        if already_has_special_tokens:
+            if token_ids_1 is not None:
+                raise ValueError("token_ids_1 must be None when the ids already contain special tokens")
+            special = set(self.all_special_ids)
+            return [1 if i in special else 0 for i in token_ids_0]
+        if token_ids_1 is None:
+            return [1] + [0] * len(token_ids_0) + [1]
+        return [1] + [0] * len(token_ids_0) + [1, 1] + [0] * len(token_ids_1) + [1]
+
+    def create_token_type_ids_from_sequences(self, token_ids_0, token_ids_1=None) -> list[int]:
+        """CLIP has no token types: zeros as long as the sequence with its special tokens."""
+        return [0] * len(self.build_inputs_with_special_tokens(token_ids_0, token_ids_1))
+
+    # ----- tokens <-> ids -------------------------------------------------------------------------
+    def convert_tokens_to_ids(self, tokens):
+        if isinstance(tokens, str):
+            found = self._lookup(tokens)
+            return self.unk_token_id if found is None else found
+        return [self.convert_tokens_to_ids(t) for t in tokens]
+
+    def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
+        if isinstance(ids, (int, np.integer)):
+            return self.decoder.get(int(ids))
+        special = set(self.all_special_ids) if skip_special_tokens else ()
+        return [self.decoder.get(int(i)) for i in ids if int(i) not in special]
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return byte_decode("".join(tokens), self.errors).replace(END_OF_WORD, " ").strip()
+
+    # ----- encoding -------------------------------------------------------------------------------
+    def _encode_batch(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+        """ids of each text, between <|startoftext|> and <|endoftext|> when add_special_tokens."""
+        raise NotImplementedError
+
+    def tokenize(self, text: str, **kwargs) -> list[str]:
+        return [self.decoder[i] for i in self._encode_batch([text], False)[0]]
+
+    def encode(
+        self,
+        text: str,
+        add_special_tokens: bool = True,
+        padding=False,
+        truncation=None,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+    ):
+        encoded = self(
+            text,
+            add_special_tokens=add_special_tokens,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            return_tensors=return_tensors,
+            return_attention_mask=False,
+        )
+        return encoded["input_ids"]
+
+    def __call__(
+        self,
+        text=None,
+        text_pair=None,
+        add_special_tokens: bool = True,
+        padding=None,
+        truncation=None,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_length: bool = False,
+        return_token_type_ids: bool | None = None,
+        pad_to_multiple_of: int | None = None,
+        verbose: bool = True,
+    ) -> BatchEncoding:
+        if text is None:
+            raise ValueError("text must be a string or a list of strings, not None")
+        if text_pair is not None:
+            raise ValueError("CLIP encodes single texts; text_pair is not supported")
+        if pad_to_multiple_of is not None and (
+            not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1
+        ):
+            raise ValueError(f"pad_to_multiple_of must be a positive integer, not {pad_to_multiple_of!r}")
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        for index, item in enumerate(texts):
+            if not isinstance(item, str):
+                raise ValueError(f"text[{index}] must be a string, not {type(item).__name__}")
+        padding, truncation, max_length = self._resolve_strategies(padding, truncation, max_length)
+        if padding and truncation and pad_to_multiple_of and max_length % pad_to_multiple_of:
+            raise ValueError(
+                f"truncation length {max_length} is not a multiple of pad_to_multiple_of={pad_to_multiple_of}, "
+                "so padded rows would exceed it"
+            )
+        with _gc_paused():
+            ids = self._encode_batch(texts, add_special_tokens)
+        if truncation is not None:
+            ids = self._truncate(ids, max_length, add_special_tokens)
+        if return_tensors is not None and truncation is None and self.model_max_length < _LARGE:
+            self._check_fits_context(ids)
+        encoding = self._pad(
+            ids, padding, max_length, pad_to_multiple_of, return_tensors, return_attention_mask is not False
+        )
+        if return_token_type_ids:  # CLIP has no token types; transformers returns zeros when asked
+            encoding["token_type_ids"] = [[0] * len(row) for row in encoding["input_ids"]]
+        if return_length:
+            # The two transformers classes disagree: the slow one counts tokens, the fast one padded positions.
+            rows = encoding["input_ids"] if self._length_after_padding else ids
+            encoding["length"] = [len(row) for row in rows]
+        if single and return_tensors is None:
+            encoding = BatchEncoding({k: v[0] for k, v in encoding.items()})
+        return encoding.convert_to_tensors(return_tensors)
+
+    def _resolve_strategies(self, padding, truncation, max_length):
+        if padding is None:
+            padding = self._default_padding
+        if truncation is None and self._default_truncation is not None:
+            truncation = self._default_truncation
+        try:
+            padding = _PADDING[padding]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"padding must be False, True, 'longest', 'max_length' or 'do_not_pad', not {padding!r}"
+            ) from None
+        explicit_truncation = truncation is not None
+        try:
+            truncation = _TRUNCATION[truncation]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"truncation must be None, False, True, 'longest_first', 'only_first' or 'do_not_truncate', "
+                f"not {truncation!r}"
+            ) from None
+        if max_length is not None:
+            if not isinstance(max_length, (int, np.integer)) or max_length < 2:
+                raise ValueError(
+                    f"max_length must be an integer >= 2 (room for the special tokens), got {max_length!r}"
+                )
+            if max_length > self.model_max_length:
+                raise ValueError(
+                    f"max_length={max_length} exceeds the model's context of {self.model_max_length} positions"
+                )
+            if padding is None and not explicit_truncation:
+                # transformers: a max_length with neither padding nor truncation asked for means truncate.
+                truncation = "longest_first"
+        elif padding == "max_length" or truncation is not None:
+            if self.model_max_length >= _LARGE:
+                # No known context: transformers then neither pads to nor truncates at a length.
+                padding = None if padding == "max_length" else padding
+                truncation = None
+            else:
+                max_length = self.model_max_length
+        return padding, truncation, max_length
+
+    def _truncate(self, ids: list[list[int]], max_length: int, kept_eos: bool) -> list[list[int]]:
+        """Cut each sequence to max_length; when it carries special tokens, the last one stays <|endoftext|>."""
+        eos = self.eos_token_id
+        out = []
+        for row in ids:
+            if len(row) > max_length:
+                row = row[: max_length - 1] + [eos] if kept_eos else row[:max_length]
+            out.append(row)
+        return out
+
+    def _check_fits_context(self, ids: list[list[int]]) -> None:
+        for index, row in enumerate(ids):
+            if len(row) > self.model_max_length:
+                raise ValueError(
+                    f"text {index} has {len(row)} tokens, more than the model's context of {self.model_max_length}; "
+                    "pass truncation=True to cut it (keeping the final <|endoftext|>)"
+                )
+
+    def _pad(self, ids, padding, max_length, multiple, return_tensors, with_mask: bool) -> BatchEncoding:
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        if padding is None:
+            if return_tensors is not None and len(set(lengths.tolist())) > 1:
+                raise ValueError(
+                    "texts have different lengths; pass padding=True (or 'max_length') to return tensors"
+                )
+            encoding = BatchEncoding(input_ids=ids)
+            if with_mask:
+                encoding["attention_mask"] = [[1] * len(row) for row in ids]
+            return encoding
+        longest = int(lengths.max(initial=0))
+        target = longest if padding == "longest" else max_length
+        if multiple:
+            target = -(-target // multiple) * multiple
+        if longest > target:
+            # Padding never cuts (truncation is a separate step, as in transformers), so rows stay ragged.
+            if return_tensors is not None:
+                index = int(np.argmax(lengths))
+                raise ValueError(
+                    f"text {index} has {longest} tokens, more than max_length={target}; "
+                    "pass truncation=True to cut it to that length"
+                )
+            widths = np.maximum(lengths, target).tolist()
+        # One vectorised scatter instead of a Python loop per row.
+        width = max(longest, target)
+        valid = np.arange(width)[None, :] < lengths[:, None]
+        input_ids = np.full((len(ids), width), self.pad_token_id, dtype=np.int64)
+        if len(ids):
+            input_ids[valid] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        mask = valid.astype(np.int64)
+        if return_tensors is None:
+            input_ids, mask = input_ids.tolist(), mask.tolist()
+            if longest > target:
+                input_ids = [row[:w] for row, w in zip(input_ids, widths)]
+                mask = [row[:w] for row, w in zip(mask, widths)]
+        encoding = BatchEncoding(input_ids=input_ids)
+        if with_mask:
+            encoding["attention_mask"] = mask
+        return encoding
+
+    # ----- decoding -------------------------------------------------------------------------------
+    def decode(
+        self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None, **kwargs
+    ) -> str:
+        if hasattr(token_ids, "tolist"):
+            token_ids = token_ids.tolist()
+        if isinstance(token_ids, int):
+            token_ids = [token_ids]
+        text = self._decode_ids([int(i) for i in token_ids], skip_special_tokens)
+        if clean_up_tokenization_spaces is None:
+            clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
+        return self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
+
+    def batch_decode(
+        self, sequences, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None, **kwargs
+    ):
+        if hasattr(sequences, "tolist"):
+            sequences = sequences.tolist()
+        return [self.decode(s, skip_special_tokens, clean_up_tokenization_spaces) for s in sequences]
+
+    def _decode_ids(self, ids: list[int], skip_special_tokens: bool) -> str:
+        tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
+        for index, token in zip(ids, tokens):
+            if token is None:
+                raise ValueError(f"token id {index} is not in the vocabulary (size {len(self)})")
+        return self.convert_tokens_to_string(tokens)
+
+    @staticmethod
+    def clean_up_tokenization(text: str) -> str:
+        """transformers' English spacing clean-up (" ." -> ".", " n't" -> "n't", ...)."""
+        for before, after in (
+            (" .", "."),
+            (" ?", "?"),
+            (" !", "!"),
+            (" ,", ","),
+            (" ' ", "'"),
+            (" n't", "n't"),
+            (" 'm", "'m"),
+            (" 's", "'s"),
+            (" 've", "'ve"),
+            (" 're", "'re"),
+        ):
+            text = text.replace(before, after)
+        return text
+
+    # ----- files ----------------------------------------------------------------------------------
+    @staticmethod
+    def _read_folder(pretrained) -> tuple[str, dict]:
+        folder = resolve_folder(pretrained)
+        config = _read_json(os.path.join(folder, "special_tokens_map.json"))
+        config.update(_read_json(os.path.join(folder, "tokenizer_config.json")))
+        kwargs = {}
+        for name in ("unk_token", "bos_token", "eos_token", "pad_token"):
+            if config.get(name) is not None:
+                kwargs[name] = _token_content(config[name])
+        for name in ("model_max_length", "clean_up_tokenization_spaces", "errors"):
+            if name in config:
+                kwargs[name] = config[name]
+        added = config.get("added_tokens_decoder") or {}
+        kwargs["added_tokens"] = {_token_content(v): int(k) for k, v in added.items()}
+        if kwargs.get("model_max_length") is not None and kwargs["model_max_length"] >= _LARGE:
+            kwargs["model_max_length"] = _UNLIMITED
+        return folder, kwargs
+
+    def _tokenizer_config(self, tokenizer_class: str) -> dict:
+        def added(content):
+            return {
+                "content": content,
+                "lstrip": False,
+                "normalized": True,
+                "rstrip": False,
+                "single_word": False,
+                "special": content in self.all_special_tokens,
+            }
+
+        added_ids = {self._lookup(t): t for t in self.all_special_tokens} | {
+            i: t for t, i in self.added_tokens_encoder.items()
+        }
+        return {
+            "added_tokens_decoder": {str(i): added(t) for i, t in sorted(added_ids.items())},
+            "bos_token": self.bos_token,
+            "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+            "eos_token": self.eos_token,
+            "errors": self.errors,
+            "model_max_length": self.model_max_length,
+            "pad_token": self.pad_token,
+            "tokenizer_class": tokenizer_class,
+            "unk_token": self.unk_token,
+        }
+
+    def _write_configs(self, folder: str, tokenizer_class: str) -> list[str]:
+        os.makedirs(folder, exist_ok=True)
+        config_file = os.path.join(folder, "tokenizer_config.json")
+        map_file = os.path.join(folder, "special_tokens_map.json")
+        atomic_write_text(config_file, json.dumps(self._tokenizer_config(tokenizer_class), indent=2) + "\n")
+        atomic_write_text(map_file, json.dumps(self.special_tokens_map, indent=2) + "\n")
+        return [config_file, map_file]
+
+
+class CLIPTokenizer(_CLIPTokenizerBase):
+    """CLIP's tokenizer in pure Python (ftfy + regex + byte-level BPE with a word cache).
+
+    ``CLIPTokenizer()`` uses OpenAI's vocabulary bundled with the package; ``from_pretrained`` reads a
+    transformers folder (vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json) or Hub id.
+    ``mode="openai"`` reproduces open_clip's ``tokenize`` (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        vocab_file: str | None = None,
+        merges_file: str | None = None,
+        errors: str = "replace",
+        unk_token: str = EOS_TOKEN,
+        bos_token: str = BOS_TOKEN,
+        eos_token: str = EOS_TOKEN,
+        pad_token: str | None = None,
+        model_max_length: int | None = None,
+        clean_up_tokenization_spaces: bool = False,
+        mode: str = "transformers",
+        added_tokens: dict[str, int] | None = None,
+        **kwargs,
+    ):
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, not {mode!r}")
+        if (vocab_file is None) != (merges_file is None):
+            raise ValueError("give both vocab_file and merges_file, or neither (OpenAI's bundled vocabulary)")
+        encoder, merges = openai_vocab() if vocab_file is None else read_vocab_files(vocab_file, merges_file)
+        self.mode = mode
+        self.errors = errors
+        self.merges = merges
+        if pad_token is None:
+            # OpenAI pads with id 0 (the token "!"); transformers with <|endoftext|>.
+            pad_token = self._token_of_id(encoder, 0) if mode == "openai" else EOS_TOKEN
+        self._init_specials(
+            encoder,
+            unk_token,
+            bos_token,
+            eos_token,
+            pad_token,
+            model_max_length,
+            clean_up_tokenization_spaces,
+            added_tokens,
+        )
+        self._bpe = BytePairEncoder(encoder, merges, self.unk_token_id)
+        self._fix_text = _fix_text()
+        if mode == "openai":
+            self._default_padding, self._default_truncation = "max_length", True
+            self._split, self._ascii_split = OPENAI_SPLIT, _ASCII_OPENAI_SPLIT
+            # open_clip names its specials <start_of_text>/<end_of_text> and finds them in the cleaned text.
+            self._literal_ids = dict(zip(OPEN_CLIP_SPECIALS, (encoder[BOS_TOKEN], encoder[EOS_TOKEN])))
+            self._added_split = None
+        else:
+            self._default_padding, self._default_truncation = False, None
+            self._split, self._ascii_split = TRANSFORMERS_SPLIT, _ASCII_SPLIT
+            self._literal_ids = {BOS_TOKEN: encoder[BOS_TOKEN], EOS_TOKEN: encoder[EOS_TOKEN]}
+            # transformers cuts the raw text at added tokens (exact case) before any cleaning.
+            added = sorted({*self.all_special_tokens, *self.added_tokens_encoder}, key=len, reverse=True)
+            self._added_split = std_re.compile("(" + "|".join(std_re.escape(t) for t in added) + ")")
+        self._word_ids: dict[str, list[int]] = {}
+
+    def clear_cache(self) -> None:
+        """Forget the words seen so far (they are re-encoded on next sight; for benchmarks and memory)."""
+        self._word_ids.clear()
+        self._bpe.clear_cache()
+
+    @staticmethod
+    def _token_of_id(encoder, index):
+        return next(t for t, i in encoder.items() if i == index)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> CLIPTokenizer:
+        folder, config = cls._read_folder(pretrained_model_name_or_path)
+        vocab_file, merges_file = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
+        for path in (vocab_file, merges_file):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"no {os.path.basename(path)} in {folder}")
+        return cls(vocab_file, merges_file, **{**config, **kwargs})
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, str]:
+        return write_vocab_files(save_directory, self.encoder, self.merges, filename_prefix)
+
+    def save_pretrained(self, save_directory: str) -> tuple[str, ...]:
+        os.makedirs(save_directory, exist_ok=True)
+        configs = self._write_configs(save_directory, "CLIPTokenizer")
+        return (*configs, *self.save_vocabulary(save_directory))
+
+    # ----- text -> ids ----------------------------------------------------------------------------
+    def clean_text(self, text: str) -> str:
+        """The cleaned, lowercased text the split regex sees (see the module docstring)."""
+        text = self._fix_text(text)
+        if self.mode == "openai":
+            text = html.unescape(html.unescape(text)).strip()
+            return " ".join(text.split()).lower()
+        return _WHITESPACE_RUN.sub(" ", text).strip().lower()
+
+    def _words(self, chunk: str) -> list[str]:
+        if _NEEDS_FTFY.search(chunk) is None:
+            # Provably untouched by ftfy/unescape (see _NEEDS_FTFY), and the split ignores whitespace.
+            return self._ascii_split.findall(chunk.lower())
+        return self._split.findall(self.clean_text(chunk))
+
+    def _encode_chunk(self, chunk: str, out: list[int]) -> None:
+        words = self._words(chunk)
+        start = len(out)
+        try:
+            # All words known: one C-level pass, no Python loop per word.
+            out.extend(chain.from_iterable(map(self._word_ids.__getitem__, words)))
+        except KeyError:
+            del out[start:]
+            for word in words:
+                ids = self._word_ids.get(word)
+                out += self._learn_word(word) if ids is None else ids
+
+    def _learn_word(self, word: str) -> list[int]:
+        special = self._literal_ids.get(word)
+        ids = [special] if special is not None else self._bpe.ids(byte_encode(word))
+        if len(self._word_ids) < 1_000_000:  # bound the memory a stream of unique words can take
+            self._word_ids[word] = ids
+        return ids
+
+    def _encode_text(self, text: str, out: list[int]) -> list[int]:
+        if self._added_split is None:
+            self._encode_chunk(text, out)
+            return out
+        for index, chunk in enumerate(self._added_split.split(text)):
+            if index % 2:
+                out.append(self._lookup(chunk))
+            elif chunk:
+                self._encode_chunk(chunk, out)
+        return out
+
+    def _encode_batch(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+        if not add_special_tokens:
+            return [self._encode_text(t, []) for t in texts]
+        bos, eos = self.bos_token_id, self.eos_token_id
+        rows = [self._encode_text(t, [bos]) for t in texts]
+        for row in rows:
+            row.append(eos)
+        return rows
+
+
+def tokenize(texts, context_length: int = OPENAI_CONTEXT_LENGTH, truncate: bool = True) -> np.ndarray:
+    """open_clip's / OpenAI's ``tokenize``: int64 array [n, context_length], padded with 0.
+
+    With ``truncate=False`` a text over the context raises ValueError (OpenAI's behaviour); with
+    ``truncate=True`` it is cut keeping a final ``<|endoftext|>`` (open_clip's behaviour).
+    """
+    tokenizer = _openai_tokenizer(context_length)
+    return tokenizer(texts, truncation=bool(truncate), return_tensors="np", return_attention_mask=False)[
+        "input_ids"
+    ]
+
+
+_OPENAI_TOKENIZERS: dict[int, CLIPTokenizer] = {}
+
+
+def _openai_tokenizer(context_length: int) -> CLIPTokenizer:
+    if context_length not in _OPENAI_TOKENIZERS:
+        _OPENAI_TOKENIZERS[context_length] = CLIPTokenizer(mode="openai", model_max_length=context_length)
+    return _OPENAI_TOKENIZERS[context_length]
