@@ -39,10 +39,17 @@ def tokenizer_folder(tmp_path_factory, hf):
 
 
 @pytest.fixture(scope="module")
-def tokenizer(hf, tokenizer_folder):
-    # TODO(lead, after merging the tokenizer branch): use clip_core.tokenization_fast.CLIPTokenizerFast /
-    # clip_core.tokenization.CLIPTokenizer here instead of transformers' tokenizer as a duck-typed stand-in.
-    return hf.CLIPTokenizer(str(tokenizer_folder / "vocab.json"), str(tokenizer_folder / "merges.txt"))
+def tokenizer(tokenizer_folder):
+    """Ours: the processor under test wraps our tokenizer."""
+    from clip_core.tokenization_fast import CLIPTokenizerFast
+
+    return CLIPTokenizerFast.from_pretrained(tokenizer_folder)
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(hf, tokenizer_folder):
+    """transformers' fast tokenizer on the same vocabulary, for transformers' processor."""
+    return hf.CLIPTokenizerFast.from_pretrained(str(tokenizer_folder))
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +69,9 @@ def assert_same_outputs(ours, theirs):
             np.testing.assert_array_equal(a, b)
 
 
-def test_text_and_images_equal_transformers(hf, tokenizer, images):
+def test_text_and_images_equal_transformers(hf, tokenizer, hf_tokenizer, images):
     ours = CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
-    theirs = hf.CLIPProcessor(image_processor=hf.CLIPImageProcessor(), tokenizer=tokenizer)
+    theirs = hf.CLIPProcessor(image_processor=hf.CLIPImageProcessor(), tokenizer=hf_tokenizer)
     kwargs = dict(text=TEXTS, images=images, return_tensors="np", padding=True)
     out = ours(**kwargs)
     assert_same_outputs(out, theirs(**kwargs))
@@ -77,9 +84,9 @@ def test_text_and_images_equal_transformers(hf, tokenizer, images):
     assert_same_outputs(ours(images=images, return_tensors="np"), theirs(images=images, return_tensors="np"))
 
 
-def test_image_kwargs_go_to_image_processor(hf, tokenizer, images):
+def test_image_kwargs_go_to_image_processor(hf, tokenizer, hf_tokenizer, images):
     ours = CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
-    theirs = hf.CLIPProcessor(image_processor=hf.CLIPImageProcessor(), tokenizer=tokenizer)
+    theirs = hf.CLIPProcessor(image_processor=hf.CLIPImageProcessor(), tokenizer=hf_tokenizer)
     kwargs = dict(images=images, text="a cat", return_tensors="np", crop_size={"height": 64, "width": 64})
     out = ours(**kwargs)
     assert out.pixel_values.shape == (2, 3, 64, 64)
@@ -109,7 +116,7 @@ def test_needs_an_input(tokenizer):
         CLIPProcessor(CLIPImageProcessor(), tokenizer)()
 
 
-def test_save_pretrained_is_read_by_transformers(hf, tokenizer, images, tmp_path, monkeypatch):
+def test_save_pretrained_is_read_by_transformers(hf, tokenizer, images, tmp_path):
     ours = CLIPProcessor(CLIPImageProcessor(crop_size=200), tokenizer)
     ours.save_pretrained(tmp_path)
     assert (tmp_path / "preprocessor_config.json").is_file() and (tmp_path / "vocab.json").is_file()
@@ -117,20 +124,13 @@ def test_save_pretrained_is_read_by_transformers(hf, tokenizer, images, tmp_path
     kwargs = dict(text=TEXTS, images=images, return_tensors="np", padding=True)
     assert_same_outputs(ours(**kwargs), theirs(**kwargs))
 
-    # Reading the folder back: the image processor is ours; the tokenizer loader is replaced by
-    # transformers' tokenizer until our tokenizer lands. TODO(lead): drop this monkeypatch after merging.
-    monkeypatch.setattr(
-        processing, "_load_tokenizer", lambda folder, use_fast: hf.CLIPTokenizer.from_pretrained(folder)
-    )
     reloaded = CLIPProcessor.from_pretrained(tmp_path)
     assert reloaded.image_processor.crop_size == {"height": 200, "width": 200}
     assert_same_outputs(reloaded(**kwargs), theirs(**kwargs))
 
 
-def test_from_pretrained_reads_transformers_folder_with_our_tokenizer(hf, tokenizer, images, tmp_path):
-    """Skipped until clip_core.tokenization(_fast) exists on this branch (the other engineer's issue)."""
-    pytest.importorskip("clip_core.tokenization_fast")
-    theirs = hf.CLIPProcessor(image_processor=hf.CLIPImageProcessor(), tokenizer=tokenizer)
+def test_from_pretrained_reads_transformers_folder_with_our_tokenizer(hf, hf_tokenizer, images, tmp_path):
+    theirs = hf.CLIPProcessor(image_processor=hf.CLIPImageProcessor(), tokenizer=hf_tokenizer)
     theirs.save_pretrained(tmp_path)
     ours = CLIPProcessor.from_pretrained(tmp_path)
     kwargs = dict(text=TEXTS, images=images, return_tensors="np", padding=True)
