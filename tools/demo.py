@@ -24,13 +24,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tools.convert import convert  # noqa: E402
+
 from clip_core.config import CLIPConfig  # noqa: E402
 from clip_core.image_processing import CLIPImageProcessor  # noqa: E402
 from clip_core.processing import CLIPProcessor  # noqa: E402
 from clip_core.tokenization_fast import CLIPTokenizerFast  # noqa: E402
 from clip_core.weights import save_state_dict  # noqa: E402
 from tools.bench import random_state  # noqa: E402
-from tools.convert import convert  # noqa: E402
 
 CAPTIONS = ["a photo of a cat", "a portrait of an astronaut", "a cup of coffee on a saucer"]
 NATIVE_FORMAT = {"torch": "pt", "tf": "tf", "flax": "flax"}
@@ -82,7 +83,9 @@ RUNNERS = {"torch": run_torch, "tf": run_tf, "flax": run_flax}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", help="keep the folders here (default: a temporary folder, removed)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -94,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(source, ignore_errors=True)
         start = time.perf_counter()
         config = build_source(source, args.seed)
-        print(f"1. random CLIP ViT-B/32 (seed {args.seed}) saved to {source} in {time.perf_counter() - start:.1f}s")
+        print(
+            f"1. random CLIP ViT-B/32 (seed {args.seed}) saved to {source} in {time.perf_counter() - start:.1f}s"
+        )
 
         print("2. clip-convert into each backend's native format:")
         folders = {}
@@ -102,14 +107,18 @@ def main(argv: list[str] | None = None) -> int:
             folders[backend] = os.path.join(root, f"for-{backend}")
             summary = convert(source, folders[backend], formats=(fmt,), overwrite=True)
             weights = [f for f in summary.files if f.endswith((".bin", ".h5", ".msgpack"))]
-            print(f"   {backend:<5} {', '.join(weights):<22} {summary.parameters / 1e6:.1f}M params "
-                  f"in {summary.seconds:.1f}s ({len(summary.files)} files)")
+            print(
+                f"   {backend:<5} {', '.join(weights):<22} {summary.parameters / 1e6:.1f}M params "
+                f"in {summary.seconds:.1f}s ({len(summary.files)} files)"
+            )
 
         names, images = photos()
         processor = CLIPProcessor.from_pretrained(folders["torch"])
         batch = dict(processor(text=CAPTIONS, images=images, return_tensors="np", padding=True))
-        print(f"3. {len(images)} photos ({', '.join(names)}) x {len(CAPTIONS)} captions, "
-              f"pixel_values {batch['pixel_values'].shape}, input_ids {batch['input_ids'].shape}\n")
+        print(
+            f"3. {len(images)} photos ({', '.join(names)}) x {len(CAPTIONS)} captions, "
+            f"pixel_values {batch['pixel_values'].shape}, input_ids {batch['input_ids'].shape}\n"
+        )
 
         logits, seconds = {}, {}
         for backend, run in RUNNERS.items():
