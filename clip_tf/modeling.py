@@ -252,7 +252,7 @@ class CLIPAttention(_ConfiguredLayer):
         self.v_proj = _dense(self, cfg.hidden_size, "v_proj", in_std)
         self.q_proj = _dense(self, cfg.hidden_size, "q_proj", in_std)
         self.out_proj = _dense(self, cfg.hidden_size, "out_proj", out_std)
-        self.dropout = keras.layers.Dropout(cfg.attention_dropout)
+        self.dropout = keras.layers.Dropout(cfg.attention_dropout, **self._child_kwargs("dropout"))
 
     def build(self, input_shape=None):
         for proj in (self.k_proj, self.v_proj, self.q_proj, self.out_proj):
@@ -272,7 +272,11 @@ class CLIPAttention(_ConfiguredLayer):
             scores = scores + attention_bias
         # Softmax in float32 even under a bf16/fp16 policy (as transformers does).
         probs = tf.cast(tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1), self.compute_dtype)
-        context = tf.matmul(self.dropout(probs, training=training), value)
+        if training and self.config.attention_dropout > 0:
+            probs_used = self.dropout(probs, training=training)
+        else:
+            probs_used = probs
+        context = tf.matmul(probs_used, value)
         context = tf.reshape(tf.transpose(context, (0, 2, 1, 3)), (batch, -1, self.config.hidden_size))
         return self.out_proj(context), (probs if output_attentions else None)
 
@@ -379,7 +383,7 @@ def text_attention_bias(seq_len, attention_mask, dtype):
     Masked scores get the dtype's most negative value, like transformers' PyTorch model (a key
     masked both ways gets -inf, a row whose every visible key is padding attends uniformly to them).
     """
-    most_negative = tf.constant(np.finfo(tf.as_dtype(dtype).as_numpy_dtype).min, dtype)
+    most_negative = tf.constant(tf.as_dtype(dtype).min, dtype)
     visible = tf.linalg.band_part(tf.ones((seq_len, seq_len), tf.bool), -1, 0)
     bias = tf.where(visible, tf.zeros((), dtype), most_negative)[None, None]
     if attention_mask is not None:
