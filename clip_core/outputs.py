@@ -41,6 +41,15 @@ class ModelOutput:
     def __len__(self) -> int:
         return len(self.keys())
 
+    # tf.nest's custom-structure protocol (TensorFlow >= 2.13), so that tf.function and XLA can
+    # return these containers. Plain Python: no TensorFlow import here.
+    def __tf_flatten__(self) -> tuple[tuple, tuple]:
+        return (), tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    @classmethod
+    def __tf_unflatten__(cls, metadata: tuple, components: tuple):
+        return cls(*components)
+
 
 @dataclass
 class BaseModelOutput(ModelOutput):

@@ -1,0 +1,79 @@
+"""clip_tf against transformers' TFCLIPModel, both inside tf.function, on the bench context's weights.
+
+Rows: image and text features in fp32 for ours and theirs (timed interleaved, in the same run, so
+that load from other processes hits both alike), and ours compiled with XLA (jit_compile=True)
+against the same transformers figure, to show what XLA adds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+
+SECTION = "tf"
+THEIRS = "transformers TFCLIPModel (tf.function)"
+
+
+def _models(ctx):
+    """(ours, theirs) with the context's weights; theirs reads the folder ours writes."""
+    from transformers import TFCLIPModel as HFTFCLIPModel
+
+    from clip_tf import TFCLIPModel
+
+    ours = TFCLIPModel(ctx.config)
+    ours.load_canonical_state(ctx.state)
+    folder = tempfile.mkdtemp(prefix="clip-bench-tf-")
+    ours.save_pretrained(folder)
+    return ours, HFTFCLIPModel.from_pretrained(folder, from_pt=True)
+
+
+def _interleaved(ctx, fns: dict, rounds: int) -> dict:
+    """Median over rounds of ctx.time for each fn, alternating between them every round."""
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(ctx.time(fn))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _row(what, ours_name, ours_seconds, theirs_seconds, batch):
+    return {
+        "section": SECTION,
+        "what": what,
+        "ours": ours_name,
+        "theirs": THEIRS,
+        "unit": "img/s" if what.startswith("image") else "texts/s",
+        "ours_value": batch / ours_seconds,
+        "theirs_value": batch / theirs_seconds if theirs_seconds else None,
+    }
+
+
+def rows(ctx) -> list[dict]:
+    import tensorflow as tf
+
+    ours, theirs = _models(ctx)
+    pixels = tf.constant(ctx.pixel_values)
+    ids, mask = tf.constant(ctx.input_ids), tf.constant(ctx.attention_mask)
+
+    def image_fn(model, jit=False):
+        fn = tf.function(lambda p: model.get_image_features(pixel_values=p), jit_compile=jit)
+        return lambda: fn(pixels).numpy()
+
+    def text_fn(model, jit=False):
+        fn = tf.function(lambda i, m: model.get_text_features(input_ids=i, attention_mask=m), jit_compile=jit)
+        return lambda: fn(ids, mask).numpy()
+
+    rounds = 1 if ctx.quick else 3
+    image = _interleaved(
+        ctx, {"ours": image_fn(ours), "theirs": image_fn(theirs), "xla": image_fn(ours, jit=True)}, rounds
+    )
+    text = _interleaved(
+        ctx, {"ours": text_fn(ours), "theirs": text_fn(theirs), "xla": text_fn(ours, jit=True)}, rounds
+    )
+    b = ctx.batch
+    return [
+        _row("image features", "clip_tf fp32 (tf.function)", image["ours"], image["theirs"], b),
+        _row("text features", "clip_tf fp32 (tf.function)", text["ours"], text["theirs"], b),
+        _row("image features", "clip_tf fp32 (tf.function, XLA)", image["xla"], image["theirs"], b),
+        _row("text features", "clip_tf fp32 (tf.function, XLA)", text["xla"], text["theirs"], b),
+    ]
