@@ -13,7 +13,6 @@ TF_USE_LEGACY_KERAS=1 makes ``tf.keras`` the legacy tf-keras package.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 
@@ -45,7 +44,7 @@ from clip_core.outputs import (  # noqa: E402
     CLIPVisionModelOutput,
 )
 from clip_core.pretrained import load_pretrained, save_pretrained  # noqa: E402
-from clip_core.weights import from_channels_last, save_state_dict, to_channels_last  # noqa: E402
+from clip_core.weights import from_channels_last, to_channels_last  # noqa: E402
 
 SERIALIZATION_PACKAGE = "clip_tf"
 
@@ -630,15 +629,9 @@ class _CLIPPreTrainedModel(keras.Model):
     def save_pretrained(self, save_directory, formats=("safetensors",)) -> list[str]:
         """Write config.json and model.safetensors (canonical names); formats may add "h5" (tf_model.h5)."""
         formats = (formats,) if isinstance(formats, str) else tuple(formats)
-        save_kwargs = {}
-        if formats != ("safetensors",):
-            if "formats" not in inspect.signature(save_state_dict).parameters:
-                raise NotImplementedError(
-                    f"writing {formats} needs clip_core.weights.save_state_dict(formats=..., model_kind=...), "
-                    "which this checkout does not have yet; only formats=('safetensors',) works"
-                )
-            save_kwargs = {"formats": formats, "model_kind": self.model_kind}
-        return save_pretrained(save_directory, self.config, self.canonical_state(), **save_kwargs)
+        return save_pretrained(
+            save_directory, self.config, self.canonical_state(), formats=formats, model_kind=self.model_kind
+        )
 
 
 def _finish(output, return_dict):

@@ -487,13 +487,9 @@ def test_save_pretrained_is_read_by_transformers(ref, tmp_path):
 
 
 def test_save_pretrained_h5(ref, tmp_path):
-    from clip_core import weights
-
-    if "formats" not in __import__("inspect").signature(weights.save_state_dict).parameters:
-        with pytest.raises(NotImplementedError, match="save_state_dict"):
-            ref.ours.save_pretrained(str(tmp_path), formats=("safetensors", "h5"))
-        return
-    ref.ours.save_pretrained(str(tmp_path), formats=("safetensors", "h5"))
+    # h5 alone: given a model.safetensors too, transformers' TF loader prefers it and then fails on
+    # safetensors 0.8's safe_open (its own bug, not about our file).
+    ref.ours.save_pretrained(str(tmp_path), formats=("h5",))
     theirs = HFTFCLIPModel.from_pretrained(str(tmp_path))
     kwargs = dict(input_ids=ref.input_ids, pixel_values=ref.pixel_values, attention_mask=ref.attention_mask)
     assert_close(ref.ours(**kwargs).logits_per_image, theirs(**kwargs).logits_per_image, "tf_model.h5 logits")

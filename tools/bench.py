@@ -35,6 +35,7 @@ SEED = 0
 # Each module exposes rows(ctx) -> list of row dicts (see BenchContext). Listed here, in report order.
 SECTIONS = {
     "transformers": "tools.bench_transformers",
+    "tf": "tools.bench_tf",
     "tokenizers": "tools.bench_tokenizers",
     "image": "tools.bench_image",
 }
