@@ -125,6 +125,39 @@ def _layer_norm(layer: _ConfiguredLayer, name: str):
     return keras.layers.LayerNormalization(epsilon=layer.config.layer_norm_eps, **layer._child_kwargs(name))
 
 
+# The layers hold the variables (their paths are the canonical names); these evaluate them. Inside
+# tf.function a Keras Dense on a rank-3 input becomes a tensordot (shape arithmetic around the
+# matmul) followed by a plain Add that Grappler does not fuse, and LayerNormalization adds casts and
+# broadcasts; the ops below are what those layers compute, with nothing around them.
+
+
+def _value(variable, dtype):
+    # The variable's value in the compute dtype (a no-op cast unless a mixed policy is in use).
+    return tf.cast(variable.value, dtype)
+
+
+def apply_dense(dense: keras.layers.Dense, x):
+    """``dense(x)`` for x of any rank >= 2: one 2-D MatMul + BiasAdd, which Grappler fuses into one op."""
+    kernel = _value(dense.kernel, x.dtype)
+    rank = x.shape.rank
+    if rank != 2:
+        batch_dims = tf.shape(x)[:-1]
+        x = tf.reshape(x, (-1, kernel.shape[0]))
+    y = tf.matmul(x, kernel)
+    if dense.use_bias:
+        y = tf.nn.bias_add(y, _value(dense.bias, y.dtype))
+    if rank != 2:
+        y = tf.reshape(y, tf.concat([batch_dims, [kernel.shape[1]]], axis=0))
+    return y
+
+
+def apply_layer_norm(norm: keras.layers.LayerNormalization, x):
+    """``norm(x)`` over the last axis, with gamma and beta folded into one scale and one shift."""
+    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+    scale = tf.math.rsqrt(variance + norm.epsilon) * _value(norm.gamma, x.dtype)
+    return x * scale + (_value(norm.beta, x.dtype) - mean * scale)
+
+
 # ---------------------------------------------------------------------------------------------
 # Embeddings
 
@@ -258,26 +291,30 @@ class CLIPAttention(_ConfiguredLayer):
             proj.build((None, None, self.config.hidden_size))
 
     def _split_heads(self, x, batch):
-        # [batch, seq, hidden] -> [batch, heads, seq, head_dim]
+        # [batch, seq, hidden] -> [batch, heads, seq, head_dim]: one reshape, one transpose.
         return tf.transpose(tf.reshape(x, (batch, -1, self.num_heads, self.head_dim)), (0, 2, 1, 3))
 
     def call(self, hidden_states, attention_bias=None, output_attentions=False, training=False):
         batch = tf.shape(hidden_states)[0]
-        query = self._split_heads(self.q_proj(hidden_states), batch)
-        key = self._split_heads(self.k_proj(hidden_states), batch)
-        value = self._split_heads(self.v_proj(hidden_states), batch)
-        scores = tf.matmul(query, key, transpose_b=True) * self.scale
+        # Scale the queries [seq, head_dim] rather than the scores [seq, seq]: fewer multiplies.
+        query = self._split_heads(apply_dense(self.q_proj, hidden_states) * self.scale, batch)
+        key = self._split_heads(apply_dense(self.k_proj, hidden_states), batch)
+        value = self._split_heads(apply_dense(self.v_proj, hidden_states), batch)
+        scores = tf.matmul(query, key, transpose_b=True)
         if attention_bias is not None:
             scores = scores + attention_bias
-        # Softmax in float32 even under a bf16/fp16 policy (as transformers does).
-        probs = tf.cast(tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1), self.compute_dtype)
+        if scores.dtype == tf.float32:
+            probs = tf.nn.softmax(scores, axis=-1)
+        else:
+            # Softmax in float32 under a bf16/fp16 policy (as transformers does).
+            probs = tf.cast(tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1), scores.dtype)
         if training and self.config.attention_dropout > 0:
             probs_used = self.dropout(probs, training=training)
         else:
             probs_used = probs
         context = tf.matmul(probs_used, value)
         context = tf.reshape(tf.transpose(context, (0, 2, 1, 3)), (batch, -1, self.config.hidden_size))
-        return self.out_proj(context), (probs if output_attentions else None)
+        return apply_dense(self.out_proj, context), (probs if output_attentions else None)
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
@@ -296,7 +333,7 @@ class CLIPMLP(_ConfiguredLayer):
         self.fc2.build((None, None, self.config.intermediate_size))
 
     def call(self, hidden_states):
-        return self.fc2(self.activation(self.fc1(hidden_states)))
+        return apply_dense(self.fc2, self.activation(apply_dense(self.fc1, hidden_states)))
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
@@ -319,13 +356,13 @@ class CLIPEncoderLayer(_ConfiguredLayer):
 
     def call(self, hidden_states, attention_bias=None, output_attentions=False, training=False):
         attended, probs = self.self_attn(
-            self.layer_norm1(hidden_states),
+            apply_layer_norm(self.layer_norm1, hidden_states),
             attention_bias=attention_bias,
             output_attentions=output_attentions,
             training=training,
         )
         hidden_states = hidden_states + attended
-        hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
+        hidden_states = hidden_states + self.mlp(apply_layer_norm(self.layer_norm2, hidden_states))
         return hidden_states, probs
 
 
@@ -432,7 +469,7 @@ class CLIPTextTransformer(_ConfiguredLayer):
             output_hidden_states=output_hidden_states,
             training=training,
         )
-        last = self.final_layer_norm(last)
+        last = apply_layer_norm(self.final_layer_norm, last)
         pooled = tf.gather(last, self.pooling_positions(input_ids), batch_dims=1)
         return BaseModelOutputWithPooling(
             last_hidden_state=last, pooler_output=pooled, hidden_states=all_hidden, attentions=attentions
@@ -475,14 +512,14 @@ class CLIPVisionTransformer(_ConfiguredLayer):
         training=False,
     ):
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        hidden_states = self.pre_layrnorm(hidden_states)
+        hidden_states = apply_layer_norm(self.pre_layrnorm, hidden_states)
         last, all_hidden, attentions = self.encoder(
             hidden_states,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             training=training,
         )
-        pooled = self.post_layernorm(last[:, 0, :])
+        pooled = apply_layer_norm(self.post_layernorm, last[:, 0, :])
         return BaseModelOutputWithPooling(
             last_hidden_state=last, pooler_output=pooled, hidden_states=all_hidden, attentions=attentions
         )
@@ -715,7 +752,7 @@ class TFCLIPTextModelWithProjection(_CLIPPreTrainedModel):
             training=training,
         )
         output = CLIPTextModelOutput(
-            text_embeds=self.text_projection(text.pooler_output),
+            text_embeds=apply_dense(self.text_projection, text.pooler_output),
             last_hidden_state=text.last_hidden_state,
             hidden_states=text.hidden_states,
             attentions=text.attentions,
@@ -800,7 +837,7 @@ class TFCLIPVisionModelWithProjection(_CLIPPreTrainedModel):
             training=training,
         )
         output = CLIPVisionModelOutput(
-            image_embeds=self.visual_projection(vision.pooler_output),
+            image_embeds=apply_dense(self.visual_projection, vision.pooler_output),
             last_hidden_state=vision.last_hidden_state,
             hidden_states=vision.hidden_states,
             attentions=vision.attentions,
@@ -864,7 +901,7 @@ class TFCLIPModel(_CLIPPreTrainedModel):
         text = self.text_model(
             input_ids, attention_mask=attention_mask, position_ids=position_ids, training=training
         )
-        return self.text_projection(text.pooler_output)
+        return apply_dense(self.text_projection, text.pooler_output)
 
     def get_image_features(
         self,
@@ -881,7 +918,7 @@ class TFCLIPModel(_CLIPPreTrainedModel):
         vision = self.vision_model(
             pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding), training=training
         )
-        return self.visual_projection(vision.pooler_output)
+        return apply_dense(self.visual_projection, vision.pooler_output)
 
     # -- forward ---------------------------------------------------------------------------
 
@@ -918,8 +955,8 @@ class TFCLIPModel(_CLIPPreTrainedModel):
         )
         text = self.text_model(input_ids, attention_mask=attention_mask, position_ids=position_ids, **flags)
 
-        image_embeds = _l2_normalize(self.visual_projection(vision.pooler_output))
-        text_embeds = _l2_normalize(self.text_projection(text.pooler_output))
+        image_embeds = _l2_normalize(apply_dense(self.visual_projection, vision.pooler_output))
+        text_embeds = _l2_normalize(apply_dense(self.text_projection, text.pooler_output))
         scale = tf.exp(tf.cast(self.logit_scale, text_embeds.dtype))
         logits_per_text = tf.matmul(text_embeds, image_embeds, transpose_b=True) * scale
         logits_per_image = tf.transpose(logits_per_text)
