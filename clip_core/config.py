@@ -129,7 +129,11 @@ def _sub_config_from(cls, data: dict[str, Any], key: str, source: str):
     if model_type == cls.model_type:
         return cls.from_dict(data)
     if model_type == "clip" or key in data or f"{key}_dict" in data:
-        return getattr(CLIPConfig._from_config_json(data, source), key)
+        full = CLIPConfig._from_config_json(data, source)
+        # The projections stored in a full CLIP checkpoint have the top-level projection_dim; the
+        # tower's own field is unused by CLIPModel and often left at its default (512). Taking it
+        # would make a WithProjection model that cannot load those weights (transformers does).
+        return dataclasses.replace(getattr(full, key), projection_dim=full.projection_dim)
     raise ConfigError(f"{source} is not a CLIP config (model_type={model_type!r})")
 
 

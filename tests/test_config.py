@@ -76,3 +76,11 @@ def test_legacy_config_dicts_and_unknown_keys(tmp_path):
     assert back["my_custom_key"] == [1, 2]
     assert back["text_config"]["some_future_field"] == "x"
     assert CLIPConfig.from_pretrained(tmp_path) == c
+
+
+def test_tower_config_from_full_clip_config_takes_the_models_projection_dim(tmp_path):
+    """A tower read from a full CLIP config.json must fit that checkpoint's projection weights."""
+    CLIPConfig(text_config=dict(hidden_size=64), projection_dim=24).save_pretrained(tmp_path)
+    text, vision = CLIPTextConfig.from_pretrained(tmp_path), CLIPVisionConfig.from_pretrained(tmp_path)
+    assert (text.projection_dim, vision.projection_dim) == (24, 24)
+    assert text.hidden_size == 64
