@@ -542,10 +542,11 @@ class CLIPPreTrainedModel(nn.Module):
         ``dtype`` (torch.float32 / bfloat16 / float16 or their names) sets the parameters' dtype;
         the default is float32. Other keyword arguments (``gradient_checkpointing``) go to the class.
         """
+        dtype = _as_dtype(dtype) or torch.float32
         config, state = load_pretrained(pretrained_model_name_or_path, cls.model_kind, config)
         with torch.device("meta"):  # no random init: every parameter comes from the checkpoint
             model = cls(config, **kwargs)
-        model.load_canonical_state(state, dtype=_as_dtype(dtype) or torch.float32)
+        model.load_canonical_state(state, dtype=dtype)
         return model.eval()
 
     def save_pretrained(self, save_directory, formats=("safetensors",)) -> list[str]:
