@@ -19,8 +19,10 @@ def hf_torch_model(ctx, attn_implementation: str = "sdpa"):
     import transformers
 
     config = transformers.CLIPConfig.from_dict(ctx.config.to_dict())
-    config._attn_implementation = attn_implementation
     model = transformers.CLIPModel(config)
+    if model.config._attn_implementation != attn_implementation:  # the public switch, not the config field
+        model.set_attn_implementation(attn_implementation)
+    assert model.config._attn_implementation == attn_implementation
     state = {k: torch.from_numpy(np.array(v)) for k, v in ctx.state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all(k.endswith("position_ids") for k in missing), (missing, unexpected)
