@@ -168,10 +168,14 @@ class OpenAIView(CheckpointReader):
                     continue
                 module, leaf = rest.rsplit(".", 1)
                 if module not in _BLOCK_PARTS:
-                    raise CheckpointError(f"{self.path}: unknown tensor {source!r} in an OpenAI-format state dict")
+                    raise CheckpointError(
+                        f"{self.path}: unknown tensor {source!r} in an OpenAI-format state dict"
+                    )
                 self._map[f"{layer}.{_BLOCK_PARTS[module]}.{leaf}"] = (source, None)
             else:
-                raise CheckpointError(f"{self.path}: unknown tensor {source!r} in an OpenAI-format state dict")
+                raise CheckpointError(
+                    f"{self.path}: unknown tensor {source!r} in an OpenAI-format state dict"
+                )
 
     def keys(self):
         return self._map.keys()
@@ -183,7 +187,9 @@ class OpenAIView(CheckpointReader):
             shape = tuple(shape[::-1])
         elif op is not None:
             if shape[0] % 3:
-                raise CheckpointError(f"{self.path}: fused {source} of shape {shape} cannot split into q, k, v")
+                raise CheckpointError(
+                    f"{self.path}: fused {source} of shape {shape} cannot split into q, k, v"
+                )
             shape = (shape[0] // 3, *shape[1:])
         return shape, dtype
 
@@ -254,7 +260,9 @@ class Source:
     notes: list[str]
 
 
-def open_source(source: str | os.PathLike, config: str | None = None, hidden_act: str = "quick_gelu") -> Source:
+def open_source(
+    source: str | os.PathLike, config: str | None = None, hidden_act: str = "quick_gelu"
+) -> Source:
     """Open any supported source lazily and find its config; checks names and shapes, reads no tensor."""
     source = os.fspath(source)
     notes: list[str] = []
@@ -324,9 +332,15 @@ def check_fits(reader: CheckpointReader, config, kind: str) -> None:
             if shape != expected[n] and not (n == "logit_scale" and shape == (1,)):
                 wrong.append(f"{n}: checkpoint {shape}, config {expected[n]}")
     problems = []
-    for label, items, sep in (("missing", missing, ", "), ("unexpected", unexpected, ", "), ("wrong shape for", wrong, "; ")):
+    for label, items, sep in (
+        ("missing", missing, ", "),
+        ("unexpected", unexpected, ", "),
+        ("wrong shape for", wrong, "; "),
+    ):
         if items:
-            problems.append(f"{label} {len(items)} tensor(s): {sep.join(items[:8])}{' ...' if len(items) > 8 else ''}")
+            problems.append(
+                f"{label} {len(items)} tensor(s): {sep.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+            )
     if problems:
         raise CheckpointError(f"{reader.path} does not fit its config ({kind}): " + " | ".join(problems))
 
@@ -421,16 +435,18 @@ def _write_extras(src: Source, folder: str, notes: list[str]) -> None:
 
         vision = getattr(src.config, "vision_config", src.config)
         size = getattr(vision, "image_size", 224)
-        CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
-            folder
-        )
+        CLIPImageProcessor(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        ).save_pretrained(folder)
 
 
 def _write_config(src: Source, folder: str, dtype: str | None) -> None:
     config = src.config
     config.extra.setdefault("architectures", [ARCHITECTURES[src.kind]])
-    if dtype:
-        config.extra["torch_dtype"] = dtype
+    if dtype:  # transformers 4.57 writes "dtype"; older configs say "torch_dtype"
+        config.extra["dtype"] = dtype
+        if "torch_dtype" in config.extra:
+            config.extra["torch_dtype"] = dtype
     config.save_pretrained(folder)
 
 
@@ -528,7 +544,9 @@ def convert(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="clip-convert", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="clip-convert",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", help="transformers folder, weights file, or OpenAI / open_clip state dict")
     parser.add_argument("destination", help="folder to create (a complete transformers checkpoint)")

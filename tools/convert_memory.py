@@ -107,7 +107,9 @@ def measure(source: str, destination: str, fmt: str) -> tuple[int, float, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default=None, help="where to write the checkpoints (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", default=None, help="where to write the checkpoints (default: a temp dir)"
+    )
     parser.add_argument("--formats", nargs="+", default=["safetensors", "pt", "tf", "flax", "all"])
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints")
     args = parser.parse_args(argv)

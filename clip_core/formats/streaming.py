@@ -100,7 +100,9 @@ class StreamingSafetensorsReader(CheckpointReader):
             except (KeyError, TypeError, ValueError) as e:
                 raise CheckpointError(f"{self.path}: corrupt header entry for {name}: {e!r}") from None
             if end - begin != nbytes(shape, extended_dtype(dtype)) or begin < 0:
-                raise CheckpointError(f"{self.path}: {name} has offsets {begin}..{end} that do not fit {shape}")
+                raise CheckpointError(
+                    f"{self.path}: {name} has offsets {begin}..{end} that do not fit {shape}"
+                )
             if start + end > size:
                 raise CheckpointError(
                     f"{self.path} is truncated: tensor {name} needs bytes up to {start + end}, "
