@@ -126,7 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         for fmt in args.formats:
             rss, seconds, _ = measure(source, os.path.join(root, f"out-{fmt}"), fmt)
             print(f"{fmt:<12}{rss / 2**30:>8.2f} GiB{rss / size:>10.2f}{seconds:>8.1f}s", flush=True)
-            shutil.rmtree(os.path.join(root, f"out-{fmt}"), ignore_errors=True)
+            if fmt != "all":
+                shutil.rmtree(os.path.join(root, f"out-{fmt}"), ignore_errors=True)
+        if "all" in args.formats:  # and back from each format the "all" run wrote
+            print(f"\n{'from':<20}{'peak RSS':>12}{'RSS/ckpt':>10}{'wall':>9}   (--to safetensors)")
+            for filename in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack"):
+                path = os.path.join(root, "out-all", filename)
+                rss, seconds, _ = measure(path, os.path.join(root, "back"), "safetensors")
+                print(f"{filename:<20}{rss / 2**30:>8.2f} GiB{rss / size:>10.2f}{seconds:>8.1f}s", flush=True)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
