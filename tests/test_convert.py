@@ -104,6 +104,13 @@ def leftovers(folder):
     return [n for n in os.listdir(parent) if n.startswith(f".{base}.")]
 
 
+def _clear_keras_names():
+    """Keras numbers the names of later models (tfclip_model_1); other test files compare h5 names."""
+    from transformers.modeling_tf_utils import keras
+
+    keras.backend.clear_session()
+
+
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
     """A tiny transformers CLIPModel saved by transformers in each of the four formats."""
@@ -122,6 +129,8 @@ def hf(tmp_path_factory):
     CLIPTokenizerFast().save_pretrained(folders["safetensors"])  # tokenizer files to carry over
     tf_model = transformers.TFCLIPModel.from_pretrained(folders["pt"], from_pt=True)
     tf_model.save_pretrained(folders["tf"])
+    del tf_model
+    _clear_keras_names()
     flax_model = transformers.FlaxCLIPModel.from_pretrained(folders["pt"], from_pt=True)
     flax_model.save_pretrained(folders["flax"])
     state = {k: v.numpy() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
@@ -164,6 +173,8 @@ def test_transformers_loads_each_single_format_folder(hf, tmp_path):
     convert(source, tmp_path / "tf", formats=("tf",), progress=False)
     tf_model = transformers.TFCLIPModel.from_pretrained(tmp_path / "tf")
     tf_out = tf_model(input_ids=ids, attention_mask=mask, pixel_values=pixels)
+    del tf_model
+    _clear_keras_names()
     for name in want:
         np.testing.assert_allclose(tf_out[name].numpy(), want[name], atol=2e-5, err_msg=name)
 
@@ -285,7 +296,9 @@ def test_open_clip_state_dict_converts_and_reproduces_the_reference(tmp_path, co
     sd = random_openai_state_dict(seed=2, text_width=128, vision_width=64, layers=(3, 2), embed_dim=32)
     path = tmp_path / container
     if container.endswith(".pt"):  # open_clip training checkpoints: DDP "module." names in a wrapper
-        torch.save({"state_dict": {f"module.{k}": torch.from_numpy(v) for k, v in sd.items()}}, path)
+        weights = {f"module.{k}": torch.from_numpy(v) for k, v in sd.items()}
+        optimizer = {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1e-3, "params": [0]}]}
+        torch.save({"epoch": 3, "name": "run", "state_dict": weights, "optimizer": optimizer}, path)
     else:
         from safetensors.numpy import save_file
 

@@ -38,6 +38,7 @@ from clip_core.formats.h5_format import save_h5
 from clip_core.formats.safetensors_format import save_safetensors
 from clip_core.formats.streaming import (
     open_safetensors_streaming,
+    open_torch_bin_streaming,
     save_msgpack_streaming,
     save_torch_bin_streaming,
 )
@@ -138,6 +139,9 @@ def open_weights(path: str) -> CheckpointReader:
     if path.endswith((".safetensors", ".safetensors.index.json")):
         return open_safetensors_streaming(path)
     _refuse_torchscript(path)
+    stem = path.removesuffix(".index.json")
+    if stem.endswith((".bin", ".pt", ".pth")) or zipfile.is_zipfile(path):
+        return open_torch_bin_streaming(path)
     return _open_checkpoint(path)
 
 

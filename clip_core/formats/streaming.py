@@ -34,6 +34,7 @@ from clip_core.formats.base import (
     parameter_names,
     tensor_info,
 )
+from clip_core.formats.torch_format import TorchBinReader, tensor_to_numpy
 from clip_core.weights import CheckpointError, to_channels_last
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +141,49 @@ def open_safetensors_streaming(path: str) -> CheckpointReader:
 
         return ShardedReader(path, StreamingSafetensorsReader)
     return StreamingSafetensorsReader(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# pytorch_model.bin read through torch.load(mmap=True), its pages given back after each tensor
+
+
+def _release_mapped(address: int, size: int) -> None:
+    """madvise(MADV_DONTNEED) over the pages holding ``[address, address + size)`` of a file mapping."""
+    import ctypes
+    import mmap
+
+    if not size or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    first = address - address % mmap.PAGESIZE
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(address + size - first), mmap.MADV_DONTNEED)
+    except (OSError, AttributeError):
+        pass
+
+
+class StreamingTorchBinReader(TorchBinReader):
+    """TorchBinReader that releases each tensor's memory-mapped pages once it has been copied out.
+
+    Only storages backed by the file (``torch.load(mmap=True)``) are released: for those the pages
+    are re-read from the file if touched again, whereas anonymous memory would be zeroed.
+    """
+
+    def get_tensor(self, name):
+        tensor = self._state[name]
+        array = tensor_to_numpy(tensor)
+        if getattr(self, "mmapped", False):
+            storage = tensor.untyped_storage()
+            _release_mapped(storage.data_ptr(), storage.nbytes())
+        return array
+
+
+def open_torch_bin_streaming(path: str) -> CheckpointReader:
+    if path.endswith(".index.json"):
+        from clip_core.formats.base import ShardedReader
+
+        return ShardedReader(path, StreamingTorchBinReader)
+    return StreamingTorchBinReader(path)
 
 
 # ---------------------------------------------------------------------------------------------
