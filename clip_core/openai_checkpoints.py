@@ -124,6 +124,9 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], hidden_act: str = "quick
         max_position_embeddings=shapes["positional_embedding"][0],
         hidden_act=hidden_act,
         projection_dim=shapes["text_projection"][1],
+        # OpenAI's vocabularies end with <|startoftext|>, <|endoftext|> (49406, 49407 in the usual one).
+        bos_token_id=vocab - 2,
+        eos_token_id=vocab - 1,
     )
     vision = CLIPVisionConfig(
         hidden_size=vision_width,

@@ -159,6 +159,16 @@ class MsgpackReader(CheckpointReader):
         return shape_from_channels_last(name, shape), extended_dtype(dtype_name)
 
     def get_tensor(self, name):
+        try:
+            return self._get_tensor(name)
+        finally:
+            start, end = self._leaves[name]
+            _release_pages(self._buf, start, end)  # decoded into a copy: the mapped pages can go
+
+    def _get_tensor(self, name):
+        array = self._read_plain_array(name)
+        if array is not None:
+            return from_channels_last(name, array)
         leaf = self._raw_leaf(name)
         if isinstance(leaf, dict) and leaf.get(CHUNKED):
             leaf = _unchunk(leaf)
@@ -166,20 +176,72 @@ class MsgpackReader(CheckpointReader):
             raise CheckpointError(f"{self.path}: {name} is not an array but {type(leaf).__name__}")
         return from_channels_last(name, np.asarray(leaf))
 
+    def _read_plain_array(self, name):
+        """An ndarray leaf copied straight out of the map (one copy), or None for other leaves."""
+        start, end = self._leaves[name]
+        if self._buf[start] in _MAP_MARKERS:
+            return None
+        code, payload_start, payload_end = _ext_payload_range(self._buf, start)
+        if code != EXT_NDARRAY or payload_end > len(self._buf):
+            return None
+        head = _msgpack().Unpacker(raw=True)
+        head.feed(self._buf[payload_start : min(payload_end, payload_start + 4096)])
+        try:
+            if head.read_array_header() != 3:
+                return None
+            shape, dtype = tuple(head.unpack()), extended_dtype(head.unpack().decode("ascii"))
+        except Exception:
+            return None
+        at = payload_start + head.tell()
+        width = {0xC4: 1, 0xC5: 2, 0xC6: 4}.get(self._buf[at])
+        if width is None:
+            return None
+        size = int.from_bytes(self._buf[at + 1 : at + 1 + width], "big")
+        data_start = at + 1 + width
+        count = int(np.prod(shape, dtype=np.int64))
+        if size != count * dtype.itemsize or data_start + size > payload_end:
+            raise CheckpointError(f"{self.path}: {name} holds {size} bytes, not {shape} {dtype}")
+        view = np.frombuffer(self._buf, dtype=dtype, count=count, offset=data_start)
+        array = view.reshape(shape).copy()
+        del view
+        return array
+
     def close(self):
         self._buf.close()
 
 
+def _release_pages(buf, start: int, end: int) -> None:
+    """Drop the mapped pages of ``buf[start:end]`` from this process (the file is untouched).
+
+    Pages of a memory-mapped file stay resident, and count in the process's RSS, once read; a
+    reader that has copied what it needs gives them back so that reading a large checkpoint
+    does not look like holding all of it.
+    """
+    if not hasattr(mmap, "MADV_DONTNEED") or not isinstance(buf, mmap.mmap):
+        return
+    first = start - start % mmap.PAGESIZE
+    if end > first:
+        try:
+            buf.madvise(mmap.MADV_DONTNEED, first, min(end, len(buf)) - first)
+        except (OSError, ValueError):
+            pass
+
+
 class _MemoryFile:
-    """A file-like view of a memory map, so msgpack's Unpacker streams it without a copy."""
+    """A file-like view of a memory map, so msgpack's Unpacker streams it without a copy.
+
+    Pages already handed to the Unpacker are released as it goes (it keeps its own copy)."""
 
     def __init__(self, buf):
-        self._buf, self._pos = buf, 0
+        self._buf, self._pos, self._released = buf, 0, 0
 
     def read(self, n: int = -1) -> bytes:
         end = len(self._buf) if n is None or n < 0 else min(len(self._buf), self._pos + n)
         data = self._buf[self._pos : end]
         self._pos = end
+        if end - self._released >= 64 * 2**20:
+            _release_pages(self._buf, self._released, end)
+            self._released = end - end % mmap.PAGESIZE
         return data
 
 

@@ -103,10 +103,11 @@ def _header(state: Mapping, names: list[str], metadata: dict[str, str]) -> tuple
     return struct.pack("<Q", len(text)) + text, order
 
 
-def _little_endian_bytes(array: np.ndarray) -> bytes:
+def _little_endian_bytes(array: np.ndarray) -> memoryview:
+    """The tensor's bytes as a view (no copy: a large tensor is not held twice while written)."""
     if array.dtype.byteorder == ">":  # safetensors is little-endian; big-endian input is rare
         array = array.astype(array.dtype.newbyteorder("<"))
-    return np.asarray(array, order="C").tobytes()
+    return memoryview(np.asarray(array, order="C").reshape(-1).view(np.uint8))
 
 
 def write_safetensors_file(

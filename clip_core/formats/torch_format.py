@@ -66,6 +66,7 @@ class TorchBinReader(CheckpointReader):
         for mmap in (True, False):
             try:
                 self._state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+                self.mmapped = mmap  # tensors backed by the file's pages, not by anonymous memory
                 break
             except Exception as e:
                 errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
@@ -74,8 +75,13 @@ class TorchBinReader(CheckpointReader):
                 f"{path} is not a readable weights-only PyTorch checkpoint "
                 f"(torch.load(weights_only=True) failed: {errors[-1]})"
             )
-        if isinstance(self._state, Mapping) and "state_dict" in self._state and len(self._state) <= 3:
-            self._state = self._state["state_dict"]  # Lightning-style wrapper
+        if (
+            isinstance(self._state, Mapping)
+            and isinstance(self._state.get("state_dict"), Mapping)
+            and not all(isinstance(v, torch.Tensor) for v in self._state.values())
+        ):
+            # Lightning / open_clip training checkpoints: {"epoch", "state_dict", "optimizer", ...}
+            self._state = self._state["state_dict"]
         if not isinstance(self._state, Mapping) or not all(
             isinstance(v, torch.Tensor) for v in self._state.values()
         ):
