@@ -9,6 +9,8 @@ are loaded without a random init (_do_init=False), and the costly checks run onc
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -125,6 +127,7 @@ class Reference:
 
     def __init__(self, name: str, folder: str):
         cfg = CONFIGS[name]
+        self.name = name
         torch.manual_seed(0)
         self.hf_config = transformers.CLIPConfig(**cfg)
         self.torch_model = transformers.CLIPModel(self.hf_config).eval()
@@ -331,6 +334,23 @@ def test_interpolate_pos_encoding_matches_transformers_torch(ref):
     )
 
 
+def test_text_pooling_rule():
+    # The first eos_token_id, even when a larger id (an added token) comes first; argmax(input_ids)
+    # for legacy configs whose eos_token_id is 2. No row with eos pools at 0, like torch's argmax.
+    from clip_flax.modeling import CLIPTextTransformer
+
+    ids = np.array([[5, 49408, 49407, 3, 49407], [5, 6, 7, 8, 9], [49407, 1, 1, 1, 1]], np.int32)
+    text = CLIPConfig.from_dict(CONFIGS["quick_gelu-eos49407"]).text_config
+    eos = dataclasses.replace(text, vocab_size=49409)
+    legacy = dataclasses.replace(text, vocab_size=49409, eos_token_id=2)
+
+    def positions(config):
+        return np.asarray(CLIPTextTransformer(config).apply({}, ids, method="pooling_positions"))
+
+    np.testing.assert_array_equal(positions(eos), [2, 0, 0])
+    np.testing.assert_array_equal(positions(legacy), [1, 4, 0])
+
+
 def _clip_loss_fn(model, ref, **module_kwargs):
     def loss(params):
         out = model.module.apply(
@@ -360,7 +380,9 @@ def test_loss_gradients_match_transformers_torch_and_remat(ref):
     for name in theirs:
         assert_close(ours[name], theirs[name], f"grad {name}", atol=1e-4)
 
-    # nn.remat per layer: the same param tree and the same gradients.
+    # nn.remat per layer: the same param tree and the same gradients (one config: compiling is slow).
+    if ref.name != next(iter(CONFIGS)):
+        return
     remat = FlaxCLIPModel(ref.config, _do_init=False, remat=True)
     remat_grads = jax.jit(jax.grad(_clip_loss_fn(remat, ref)))(ref.ours.params)
     assert jax.tree_util.tree_structure(remat_grads) == jax.tree_util.tree_structure(grads)
