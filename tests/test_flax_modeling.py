@@ -421,7 +421,9 @@ def test_jit_and_eager_agree(ref):
     assert type(jitted) is type(eager)
     assert_close(jitted.loss, eager.loss, "jit loss")
     assert_close(jitted.logits_per_image, eager.logits_per_image, "jit logits_per_image")
-    assert_close(jitted.text_model_output.attentions[-1], eager.text_model_output.attentions[-1], "jit attentions")
+    assert_close(
+        jitted.text_model_output.attentions[-1], eager.text_model_output.attentions[-1], "jit attentions"
+    )
     assert_close(
         jitted.vision_model_output.hidden_states[-1],
         eager.vision_model_output.hidden_states[-1],
@@ -500,7 +502,9 @@ def test_init_weights_tree_is_the_canonical_flax_tree(cls, part, kind):
     assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(expected)
     assert jax.tree_util.tree_map(lambda s: s.shape, shapes) == jax.tree_util.tree_map(np.shape, expected)
     remat = cls(config, _do_init=False, remat=True)
-    remat_shapes = jax.eval_shape(lambda rng: remat.init_weights(rng, remat.input_shape), jax.random.PRNGKey(0))
+    remat_shapes = jax.eval_shape(
+        lambda rng: remat.init_weights(rng, remat.input_shape), jax.random.PRNGKey(0)
+    )
     assert jax.tree_util.tree_structure(remat_shapes) == jax.tree_util.tree_structure(expected)
 
 
@@ -538,7 +542,9 @@ def test_reads_and_writes_transformers_flax_msgpack(ref, tmp_path):
     reloaded = transformers.CLIPModel.from_pretrained(str(tmp_path / "safetensors")).eval()
     for name, tensor in reloaded.state_dict().items():
         if not name.endswith("position_ids"):
-            np.testing.assert_array_equal(tensor.numpy(), ref.torch_model.state_dict()[name].numpy(), err_msg=name)
+            np.testing.assert_array_equal(
+                tensor.numpy(), ref.torch_model.state_dict()[name].numpy(), err_msg=name
+            )
 
 
 # ---------------------------------------------------------------------------------------------
