@@ -37,6 +37,7 @@ SECTIONS = {
     "transformers": "tools.bench_transformers",
     "torch": "tools.bench_torch",
     "tf": "tools.bench_tf",
+    "flax": "tools.bench_flax",
     "tokenizers": "tools.bench_tokenizers",
     "image": "tools.bench_image",
 }
