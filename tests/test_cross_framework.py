@@ -210,12 +210,6 @@ def run_flax(kind, folder, inputs):
 @pytest.mark.parametrize("use_mask", [True, False], ids=["masked", "unmasked"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_backends_agree(case, kind, use_mask):
-    # TEMPORARY while clip_torch / clip_flax are rebuilt; removed in the commit that lands them.
-    import clip_flax
-    import clip_torch
-
-    if not (hasattr(clip_torch, "CLIPModel") and hasattr(clip_flax, "FlaxCLIPModel")):
-        pytest.skip("clip_torch / clip_flax not landed yet")
     config, folders, ids, mask, pixels = case
     inputs = _inputs(kind, ids, mask, pixels, use_mask)
     results = {
