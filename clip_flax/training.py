@@ -77,6 +77,54 @@ def tiny_config() -> CLIPConfig:
 CONFIGS = {"tiny": tiny_config, "vit-b-32": CLIPConfig}
 
 
+def init_params(config: CLIPConfig, seed: int = 0) -> dict:
+    """Fresh params drawn on the host with numpy, with transformers' CLIP initialisation scales.
+
+    The same distributions as ``FlaxCLIPModel(config)`` (normal weights, zero biases, LayerNorms at
+    1/0, logit_scale at its init value), but with no tracing or compilation: on a CPU the model's
+    own init compiles for longer than a short training run takes. Returns the nested Flax dict.
+    """
+    from clip_core.weights import canonical_shapes, param_kind, to_flax_params
+
+    rng = np.random.default_rng(seed)
+    towers = {"text_model": config.text_config, "vision_model": config.vision_config}
+    state = {}
+    for name, shape in canonical_shapes(config, "clip").items():
+        parts = name.split(".")
+        tower = towers.get(parts[0])
+        f = config.initializer_factor
+        kind = param_kind(name)
+        if name == "logit_scale":
+            state[name] = np.asarray(config.logit_scale_init_value, np.float32)
+            continue
+        if kind == "layer_norm" or name.endswith(".bias"):
+            state[name] = (np.ones if kind == "layer_norm" and name.endswith("weight") else np.zeros)(shape, np.float32)
+            continue
+        if name == "text_projection.weight":
+            std = config.text_config.hidden_size**-0.5 * f
+        elif name == "visual_projection.weight":
+            std = config.vision_config.hidden_size**-0.5 * f
+        else:
+            width, layers = tower.hidden_size, tower.num_hidden_layers
+            module = parts[-2]
+            if name.endswith("class_embedding"):
+                std = width**-0.5 * f
+            elif module in ("patch_embedding",) or (parts[0] == "vision_model" and module == "position_embedding"):
+                std = tower.initializer_range * f
+            elif module in ("token_embedding", "position_embedding"):
+                std = 0.02 * f
+            elif module in ("q_proj", "k_proj", "v_proj", "fc2"):
+                std = width**-0.5 * (2 * layers) ** -0.5 * f
+            elif module == "out_proj":
+                std = width**-0.5 * f
+            elif module == "fc1":
+                std = (2 * width) ** -0.5 * f
+            else:
+                raise ValueError(f"no initialisation rule for {name}")
+        state[name] = rng.normal(0.0, std, shape).astype(np.float32)
+    return to_flax_params(state)
+
+
 # -------------------------------------------------------------------------------------------------
 # Mesh and shardings
 
@@ -404,7 +452,7 @@ class Trainer:
         metrics = {
             "loss": loss,
             "lr": self.schedule(state.step),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "logit_scale": params["logit_scale"],
         }
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -415,8 +463,7 @@ class Trainer:
             batch = self.put_batch(batch)
         else:
             batch = {k: batch[k] for k in INPUT_KEYS}
-        with self.mesh:
-            return self._step(state, batch)
+        return self._step(state, batch)
 
     # -- features for evaluation ----------------------------------------------------------------
 
@@ -440,7 +487,7 @@ class Trainer:
         for start in range(0, n, chunk):
             parts = [np.asarray(a[start : start + chunk]) for a in arrays]
             m = len(parts[0])
-            pad = (-m) % shards
+            pad = chunk - m  # every call has the same shape: one compilation per function
             if pad:
                 parts = [np.concatenate([p, np.repeat(p[-1:], pad, axis=0)]) for p in parts]
             rows = len(parts[0]) // jax.process_count()
@@ -449,14 +496,13 @@ class Trainer:
                 jax.make_array_from_process_local_data(self.batch_sharding, p[lo : lo + rows], p.shape)
                 for p in parts
             ]
-            with self.mesh:
-                outs.append(np.asarray(fn(params, *parts))[:m])
+            outs.append(np.asarray(fn(params, *parts))[:m])
         return np.concatenate(outs)
 
-    def text_features(self, params, input_ids, attention_mask, chunk: int = 256) -> np.ndarray:
+    def text_features(self, params, input_ids, attention_mask, chunk: int = 64) -> np.ndarray:
         return self._encode(self._text, params, [input_ids, attention_mask], chunk)
 
-    def image_features(self, params, pixel_values, chunk: int = 256) -> np.ndarray:
+    def image_features(self, params, pixel_values, chunk: int = 64) -> np.ndarray:
         return self._encode(self._image, params, [pixel_values], chunk)
 
 
@@ -590,6 +636,7 @@ __all__ = [
     "embed",
     "evaluate",
     "fsdp_spec",
+    "init_params",
     "initialize_distributed",
     "loss_from_embeddings",
     "make_mesh",

@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     m = g.add_mutually_exclusive_group(required=True)
     m.add_argument("--init-from", help="checkpoint folder (config.json + weights) to fine-tune")
-    m.add_argument("--config", choices=["tiny", "vit-b-32"], help="train this architecture from scratch")
+    m.add_argument(
+        "--config", help="train from scratch: 'tiny', 'vit-b-32', or a config.json (file or folder)"
+    )
     g.add_argument(
         "--dtype", choices=["fp32", "bf16"], default="fp32", help="compute dtype (params stay fp32)"
     )
@@ -66,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("devices")
     g.add_argument("--mesh-data", type=int, help="size of the data axis (default: devices / fsdp)")
     g.add_argument("--mesh-fsdp", type=int, default=1, help="size of the parameter-sharding axis")
+    g.add_argument(
+        "--compilation-cache", metavar="DIR", help="JAX's persistent compilation cache (reruns skip compiling)"
+    )
     g.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize (multi-host)")
     g.add_argument("--coordinator", help="coordinator host:port (when not auto-detected)")
     g.add_argument("--num-processes", type=int)
@@ -140,6 +145,9 @@ def run(argv: list[str] | None = None) -> dict:
     from clip_flax import data as D
     from clip_flax import training as T
 
+    if args.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     if args.distributed:
         T.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     main_process = jax.process_index() == 0
@@ -148,7 +156,14 @@ def run(argv: list[str] | None = None) -> dict:
     if args.init_from:
         model = FlaxCLIPModel.from_pretrained(args.init_from, dtype=dtype, remat=args.remat)
     else:
-        model = FlaxCLIPModel(T.CONFIGS[args.config](), seed=args.seed, dtype=dtype, remat=args.remat)
+        if args.config in T.CONFIGS:
+            config = T.CONFIGS[args.config]()
+        else:
+            from clip_core.config import CLIPConfig
+
+            config = CLIPConfig.from_pretrained(args.config)
+        model = FlaxCLIPModel(config, dtype=dtype, remat=args.remat, _do_init=False)
+        model.params = T.init_params(config, seed=args.seed)  # on the host: nothing to compile
     config = model.config
     processor = D.make_processor(config)
     max_length = config.text_config.max_position_embeddings
