@@ -48,34 +48,53 @@ def batch():
 
 
 def _one_step(model, batch, **cfg):
-    trainer = T.Trainer(model, T.TrainConfig(**{"learning_rate": 1e-3, "total_steps": 10, **cfg}), donate=False)
+    trainer = T.Trainer(
+        model, T.TrainConfig(**{"learning_rate": 1e-3, "total_steps": 10, **cfg}), donate=False
+    )
     state = trainer.init_state()
     new_state, metrics = trainer.step(state, batch)
     return jax.device_get(state.params), jax.device_get(new_state.params), jax.device_get(metrics)
 
 
 def _max_diff(a, b) -> float:
-    return max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x, y: float(np.max(np.abs(x - y))), a, b)))
+    return max(
+        jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x, y: float(np.max(np.abs(x - y))), a, b))
+    )
 
 
 # -- sharding -------------------------------------------------------------------------------------
 
 
-def test_sharded_step_on_8_devices_equals_one_device():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+@pytest.fixture(scope="module")
+def sharded_steps():
+    """One step on 1 device, on a 2x4 (data x fsdp) mesh, and on that mesh in 2 micro-batches."""
+    # LLVM's optimisation level 0: a third less compile time; the comparison is within one process.
+    flags = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "training_sharded_step.py"), "--mesh", "2x4"],
+        [sys.executable, os.path.join(HERE, "training_sharded_step.py"), "--mesh", "2x4", "--mesh", "2x4:2"],
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["devices"] == 8
-    mesh = out["meshes"]["2x4"]
+    return out["meshes"]
+
+
+def test_sharded_step_on_8_devices_equals_one_device(sharded_steps):
+    mesh = sharded_steps["2x4"]
     assert "fsdp" in mesh["fc1_kernel_spec"]  # params really are split along fsdp
+    assert mesh["max_param_diff"] < 1e-5
+    assert mesh["loss_diff"] < 1e-5
+
+
+def test_gradient_accumulation_equals_big_batch(sharded_steps):
+    # Gradient cache over 2 micro-batches on the sharded mesh == one big batch on one device.
+    mesh = sharded_steps["2x4:2"]
     assert mesh["max_param_diff"] < 1e-5
     assert mesh["loss_diff"] < 1e-5
 
@@ -147,14 +166,6 @@ def test_frozen_tower_stays_unchanged_and_logit_scale_is_clamped(micro_model, ba
     assert float(metrics["logit_scale"]) <= math.log(100) + 1e-6
 
 
-def test_gradient_accumulation_equals_big_batch(micro_model, batch):
-    _, big, m_big = _one_step(micro_model, batch, accum_steps=1)
-    _, acc, m_acc = _one_step(micro_model, batch, accum_steps=4)
-    assert float(m_acc["loss"]) == pytest.approx(float(m_big["loss"]), abs=1e-6)
-    assert float(m_acc["grad_norm"]) == pytest.approx(float(m_big["grad_norm"]), rel=1e-5)
-    assert _max_diff(big, acc) < 1e-5
-
-
 # -- data -----------------------------------------------------------------------------------------
 
 
@@ -184,10 +195,19 @@ def test_caption_file_bad_rows_reported_and_skipped(tmp_path):
     assert [ds.caption(i) for i in range(4)] == [f"picture {i}" for i in range(4)]
     assert len(ds.problems) == 5
     joined = "\n".join(ds.problems)
-    for needle in ("caps.jsonl:5", "not valid JSON", "no caption", "missing.png", "broken.png", "not a JSON object"):
+    for needle in (
+        "caps.jsonl:5",
+        "not valid JSON",
+        "no caption",
+        "missing.png",
+        "broken.png",
+        "not a JSON object",
+    ):
         assert needle in joined
 
-    csv_text = "image,caption\n" + "".join(f"{n},picture {i}\n" for i, n in enumerate(names)) + "missing.png,x\n"
+    csv_text = (
+        "image,caption\n" + "".join(f"{n},picture {i}\n" for i, n in enumerate(names)) + "missing.png,x\n"
+    )
     (tmp_path / "caps.csv").write_text(csv_text)
     ds = D.CaptionDataset(str(tmp_path), str(tmp_path / "caps.csv"))
     assert len(ds) == 4 and len(ds.problems) == 1 and "missing.png" in ds.problems[0]
@@ -230,7 +250,9 @@ def test_shuffle_is_deterministic_per_epoch_and_prefetch_keeps_order():
     resumed = [x["index"].tolist() for _, x in make(0, 2).iter_from(5, 8)]
     assert resumed == a[5:]
     # Each of two hosts loads its own half of every global batch.
-    halves = [D.BatchLoader(ds, indices, 8, processor, 8, seed=0, process_index=p, process_count=2) for p in (0, 1)]
+    halves = [
+        D.BatchLoader(ds, indices, 8, processor, 8, seed=0, process_index=p, process_count=2) for p in (0, 1)
+    ]
     assert halves[0].load_batch(6)["index"].tolist() + halves[1].load_batch(6)["index"].tolist() == a[6]
 
 

@@ -89,24 +89,30 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="micro", choices=["micro", "tiny", "vit-b-32"])
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--mesh", action="append", default=[], help="DATAxFSDP, e.g. 2x4 (repeatable)")
-    parser.add_argument("--accum", type=int, default=1)
+    parser.add_argument(
+        "--mesh", action="append", default=[], help="DATAxFSDP[:ACCUM], e.g. 2x4 or 2x4:2 (repeatable)"
+    )
     parser.add_argument("--time", type=int, default=0, help="also time N steps per mesh")
     args = parser.parse_args(argv)
-    meshes = [tuple(int(x) for x in m.split("x")) for m in (args.mesh or ["2x4"])]
 
     config = {"micro": micro_config, "tiny": tiny_config, "vit-b-32": CLIPConfig}[args.config]()
     model = FlaxCLIPModel(config, _do_init=False)
     model.params = init_params(config, seed=0)
     batch = random_batch(config, args.batch)
-    cfg = TrainConfig(learning_rate=1e-3, total_steps=10, weight_decay=0.1, accum_steps=args.accum)
 
-    ref, ref_loss, ref_time, _ = one_step(model, cfg, make_mesh(1, 1, jax.devices()[:1]), batch, args.time)
+    def train_config(accum: int = 1) -> TrainConfig:
+        return TrainConfig(learning_rate=1e-3, total_steps=10, weight_decay=0.1, accum_steps=accum)
+
+    one_device = make_mesh(1, 1, jax.devices()[:1])
+    ref, ref_loss, ref_time, _ = one_step(model, train_config(), one_device, batch, args.time)
     out = {"devices": jax.device_count(), "one_device_step_s": ref_time, "loss": ref_loss, "meshes": {}}
-    for data, fsdp in meshes:
-        params, loss, seconds, spec = one_step(model, cfg, make_mesh(data, fsdp), batch, args.time)
+    for name in args.mesh or ["2x4"]:
+        shape, _, accum = name.partition(":")
+        data, fsdp = (int(x) for x in shape.split("x"))
+        mesh = make_mesh(data, fsdp)
+        params, loss, seconds, spec = one_step(model, train_config(int(accum or 1)), mesh, batch, args.time)
         diffs = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), params, ref)
-        out["meshes"][f"{data}x{fsdp}"] = {
+        out["meshes"][name] = {
             "max_param_diff": max(jax.tree_util.tree_leaves(diffs)),
             "loss_diff": abs(loss - ref_loss),
             "step_s": seconds,
