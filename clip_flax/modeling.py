@@ -115,11 +115,15 @@ def _dense(module: nn.Module, units: int, std: float, use_bias: bool = True) -> 
 
 
 def _layer_norm(module: nn.Module) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=module.config.layer_norm_eps, dtype=module.dtype, param_dtype=module.param_dtype)
+    return nn.LayerNorm(
+        epsilon=module.config.layer_norm_eps, dtype=module.dtype, param_dtype=module.param_dtype
+    )
 
 
 def _embed(module: nn.Module, num: int, features: int, std: float) -> nn.Embed:
-    return nn.Embed(num, features, embedding_init=_normal(std), dtype=module.dtype, param_dtype=module.param_dtype)
+    return nn.Embed(
+        num, features, embedding_init=_normal(std), dtype=module.dtype, param_dtype=module.param_dtype
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,10 +225,13 @@ class CLIPAttention(nn.Module):
         return x.reshape(*x.shape[:2], self.config.num_attention_heads, self.config.head_dim)
 
     def __call__(self, hidden_states, attention_bias=None, deterministic=True, output_attentions=False):
-        query = self._split_heads(self.q_proj(hidden_states))
+        # Scaling the query (seq x head_dim) costs less than scaling the scores (seq x seq).
+        query = self._split_heads(
+            self.q_proj(hidden_states) * jnp.asarray(self.config.head_dim**-0.5, self.dtype)
+        )
         key = self._split_heads(self.k_proj(hidden_states))
         value = self._split_heads(self.v_proj(hidden_states))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) * jnp.asarray(self.config.head_dim**-0.5, self.dtype)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key)
         # Softmax in float32 even when computing in bf16/fp16 (as transformers does).
         scores = scores.astype(jnp.float32)
         if attention_bias is not None:
@@ -246,7 +253,9 @@ class CLIPMLP(nn.Module):
         factor = cfg.initializer_factor
         self.activation = ACTIVATIONS[cfg.hidden_act]
         self.fc1 = _dense(self, cfg.intermediate_size, (2 * cfg.hidden_size) ** -0.5 * factor)
-        self.fc2 = _dense(self, cfg.hidden_size, cfg.hidden_size**-0.5 * (2 * cfg.num_hidden_layers) ** -0.5 * factor)
+        self.fc2 = _dense(
+            self, cfg.hidden_size, cfg.hidden_size**-0.5 * (2 * cfg.num_hidden_layers) ** -0.5 * factor
+        )
 
     def __call__(self, hidden_states):
         return self.fc2(self.activation(self.fc1(hidden_states)))
@@ -472,7 +481,9 @@ def _check_text_inputs(config, input_ids, attention_mask=None, position_ids=None
         ids = np.asarray(input_ids)
         id_range = (int(ids.min()), int(ids.max()))
     validation.check_input_ids(shape, config, id_range)
-    validation.check_attention_mask(None if attention_mask is None else tuple(np.shape(attention_mask)), shape)
+    validation.check_attention_mask(
+        None if attention_mask is None else tuple(np.shape(attention_mask)), shape
+    )
     validation.check_position_ids(None if position_ids is None else tuple(np.shape(position_ids)), shape)
 
 
@@ -545,7 +556,9 @@ class FlaxCLIPTextModelWithProjectionModule(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.text_model = CLIPTextTransformer(cfg, dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
+        self.text_model = CLIPTextTransformer(
+            cfg, dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat
+        )
         self.text_projection = _dense(
             self, cfg.projection_dim, cfg.hidden_size**-0.5 * cfg.initializer_factor, use_bias=False
         )
@@ -670,7 +683,9 @@ class FlaxCLIPModule(nn.Module):
         self.visual_projection = _dense(
             self, cfg.projection_dim, vision_cfg.hidden_size**-0.5 * factor, use_bias=False
         )
-        self.text_projection = _dense(self, cfg.projection_dim, text_cfg.hidden_size**-0.5 * factor, use_bias=False)
+        self.text_projection = _dense(
+            self, cfg.projection_dim, text_cfg.hidden_size**-0.5 * factor, use_bias=False
+        )
         self.logit_scale = self.param(
             "logit_scale", nn.initializers.constant(cfg.logit_scale_init_value), (), self.param_dtype
         )
@@ -719,7 +734,9 @@ class FlaxCLIPModule(nn.Module):
             output_attentions=bool(output_attentions),
             output_hidden_states=bool(output_hidden_states),
         )
-        vision = self.vision_model(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding), **flags)
+        vision = self.vision_model(
+            pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding), **flags
+        )
         text = self.text_model(input_ids, attention_mask=attention_mask, position_ids=position_ids, **flags)
 
         # Normalisation and logits in float32 whatever the compute dtype (stable logits and loss).
@@ -773,7 +790,9 @@ class _CLIPPreTrainedModel:
         if isinstance(config, dict):
             config = self.config_class.from_dict(config)
         if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
+            )
         self.config = config
         self.dtype = dtype
         self.param_dtype = param_dtype
@@ -789,7 +808,9 @@ class _CLIPPreTrainedModel:
     @property
     def params(self) -> dict:
         if self._params is None:
-            raise ValueError("this model was built with _do_init=False: set model.params or call init_weights")
+            raise ValueError(
+                "this model was built with _do_init=False: set model.params or call init_weights"
+            )
         return self._params
 
     @params.setter
@@ -813,7 +834,8 @@ class _CLIPPreTrainedModel:
         input_shape = input_shape if input_shape is not None else self._default_input_shape()
         params_rng, dropout_rng = jax.random.split(rng)
         inputs = self._dummy_inputs(params_rng, input_shape)
-        variables = self.module.init({"params": params_rng, "dropout": dropout_rng}, *inputs)
+        # One XLA program: compiling it costs about half of running init op by op.
+        variables = jax.jit(self.module.init)({"params": params_rng, "dropout": dropout_rng}, *inputs)
         return unfreeze(variables)["params"]
 
     # -- checkpoints -----------------------------------------------------------------------

@@ -9,6 +9,8 @@ are loaded without a random init (_do_init=False), and the costly checks run onc
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -125,6 +127,7 @@ class Reference:
 
     def __init__(self, name: str, folder: str):
         cfg = CONFIGS[name]
+        self.name = name
         torch.manual_seed(0)
         self.hf_config = transformers.CLIPConfig(**cfg)
         self.torch_model = transformers.CLIPModel(self.hf_config).eval()
@@ -331,6 +334,23 @@ def test_interpolate_pos_encoding_matches_transformers_torch(ref):
     )
 
 
+def test_text_pooling_rule():
+    # The first eos_token_id, even when a larger id (an added token) comes first; argmax(input_ids)
+    # for legacy configs whose eos_token_id is 2. No row with eos pools at 0, like torch's argmax.
+    from clip_flax.modeling import CLIPTextTransformer
+
+    ids = np.array([[5, 49408, 49407, 3, 49407], [5, 6, 7, 8, 9], [49407, 1, 1, 1, 1]], np.int32)
+    text = CLIPConfig.from_dict(CONFIGS["quick_gelu-eos49407"]).text_config
+    eos = dataclasses.replace(text, vocab_size=49409)
+    legacy = dataclasses.replace(text, vocab_size=49409, eos_token_id=2)
+
+    def positions(config):
+        return np.asarray(CLIPTextTransformer(config).apply({}, ids, method="pooling_positions"))
+
+    np.testing.assert_array_equal(positions(eos), [2, 0, 0])
+    np.testing.assert_array_equal(positions(legacy), [1, 4, 0])
+
+
 def _clip_loss_fn(model, ref, **module_kwargs):
     def loss(params):
         out = model.module.apply(
@@ -360,7 +380,9 @@ def test_loss_gradients_match_transformers_torch_and_remat(ref):
     for name in theirs:
         assert_close(ours[name], theirs[name], f"grad {name}", atol=1e-4)
 
-    # nn.remat per layer: the same param tree and the same gradients.
+    # nn.remat per layer: the same param tree and the same gradients (one config: compiling is slow).
+    if ref.name != next(iter(CONFIGS)):
+        return
     remat = FlaxCLIPModel(ref.config, _do_init=False, remat=True)
     remat_grads = jax.jit(jax.grad(_clip_loss_fn(remat, ref)))(ref.ours.params)
     assert jax.tree_util.tree_structure(remat_grads) == jax.tree_util.tree_structure(grads)
@@ -399,7 +421,9 @@ def test_jit_and_eager_agree(ref):
     assert type(jitted) is type(eager)
     assert_close(jitted.loss, eager.loss, "jit loss")
     assert_close(jitted.logits_per_image, eager.logits_per_image, "jit logits_per_image")
-    assert_close(jitted.text_model_output.attentions[-1], eager.text_model_output.attentions[-1], "jit attentions")
+    assert_close(
+        jitted.text_model_output.attentions[-1], eager.text_model_output.attentions[-1], "jit attentions"
+    )
     assert_close(
         jitted.vision_model_output.hidden_states[-1],
         eager.vision_model_output.hidden_states[-1],
@@ -478,7 +502,9 @@ def test_init_weights_tree_is_the_canonical_flax_tree(cls, part, kind):
     assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(expected)
     assert jax.tree_util.tree_map(lambda s: s.shape, shapes) == jax.tree_util.tree_map(np.shape, expected)
     remat = cls(config, _do_init=False, remat=True)
-    remat_shapes = jax.eval_shape(lambda rng: remat.init_weights(rng, remat.input_shape), jax.random.PRNGKey(0))
+    remat_shapes = jax.eval_shape(
+        lambda rng: remat.init_weights(rng, remat.input_shape), jax.random.PRNGKey(0)
+    )
     assert jax.tree_util.tree_structure(remat_shapes) == jax.tree_util.tree_structure(expected)
 
 
@@ -516,7 +542,9 @@ def test_reads_and_writes_transformers_flax_msgpack(ref, tmp_path):
     reloaded = transformers.CLIPModel.from_pretrained(str(tmp_path / "safetensors")).eval()
     for name, tensor in reloaded.state_dict().items():
         if not name.endswith("position_ids"):
-            np.testing.assert_array_equal(tensor.numpy(), ref.torch_model.state_dict()[name].numpy(), err_msg=name)
+            np.testing.assert_array_equal(
+                tensor.numpy(), ref.torch_model.state_dict()[name].numpy(), err_msg=name
+            )
 
 
 # ---------------------------------------------------------------------------------------------

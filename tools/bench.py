@@ -36,6 +36,7 @@ SEED = 0
 SECTIONS = {
     "transformers": "tools.bench_transformers",
     "tf": "tools.bench_tf",
+    "flax": "tools.bench_flax",
     "tokenizers": "tools.bench_tokenizers",
     "image": "tools.bench_image",
 }
