@@ -98,7 +98,9 @@ def init_params(config: CLIPConfig, seed: int = 0) -> dict:
             state[name] = np.asarray(config.logit_scale_init_value, np.float32)
             continue
         if kind == "layer_norm" or name.endswith(".bias"):
-            state[name] = (np.ones if kind == "layer_norm" and name.endswith("weight") else np.zeros)(shape, np.float32)
+            state[name] = (np.ones if kind == "layer_norm" and name.endswith("weight") else np.zeros)(
+                shape, np.float32
+            )
             continue
         if name == "text_projection.weight":
             std = config.text_config.hidden_size**-0.5 * f
@@ -109,7 +111,9 @@ def init_params(config: CLIPConfig, seed: int = 0) -> dict:
             module = parts[-2]
             if name.endswith("class_embedding"):
                 std = width**-0.5 * f
-            elif module in ("patch_embedding",) or (parts[0] == "vision_model" and module == "position_embedding"):
+            elif module in ("patch_embedding",) or (
+                parts[0] == "vision_model" and module == "position_embedding"
+            ):
                 std = tower.initializer_range * f
             elif module in ("token_embedding", "position_embedding"):
                 std = 0.02 * f
@@ -513,15 +517,20 @@ class Trainer:
 def recall_at_k(similarity: np.ndarray, captions: Sequence[str], ks: Sequence[int] = (1, 5)) -> dict:
     """Image->text and text->image recall@k for a [images, texts] similarity of paired examples.
 
-    A retrieved item counts as correct when its caption equals the query's own caption, so that
-    duplicate captions (common in the synthetic set) are not counted as misses.
+    Identical captions are one text: image->text ranks the distinct captions (otherwise the top k of
+    a set with repeated captions is k copies of one text), and text->image counts an image as correct
+    when its own caption equals the query. With unique captions both are the usual definitions.
     """
     captions = np.asarray(captions, dtype=object)
-    _, caption_ids = np.unique(captions, return_inverse=True)
+    _, first, caption_ids = np.unique(captions, return_index=True, return_inverse=True)
+    caption_ids = caption_ids.reshape(-1)
     out = {}
-    for name, sim in (("i2t", similarity), ("t2i", similarity.T)):
-        order = np.argsort(-sim, axis=1, kind="stable")
-        hits = caption_ids[order] == caption_ids[:, None]
+    i2t = np.argsort(-similarity[:, first], axis=1, kind="stable")  # ranks of distinct captions
+    t2i = np.argsort(-similarity.T, axis=1, kind="stable")
+    for name, hits in (
+        ("i2t", i2t == caption_ids[:, None]),
+        ("t2i", caption_ids[t2i] == caption_ids[:, None]),
+    ):
         for k in ks:
             out[f"{name}_r@{k}"] = float(np.mean(hits[:, :k].any(axis=1)))
     return out

@@ -270,6 +270,10 @@ def test_recall_counts_duplicate_captions_as_hits():
     r = T.recall_at_k(sim, ["a", "b", "c"], ks=(1, 2))
     assert r["i2t_r@1"] == pytest.approx(1 / 3) and r["i2t_r@2"] == 1.0
     assert T.recall_at_k(sim, ["a", "a", "c"], ks=(1,))["i2t_r@1"] == 1.0
+    # Repeated captions count once when ranking texts: image 2's caption is second among distinct ones.
+    sim = np.array([[0.9, 0.9, 0.1, 0.0], [0.9, 0.9, 0.1, 0.0], [0.9, 0.9, 0.5, 0.0], [0.0, 0.0, 0.1, 0.9]])
+    r = T.recall_at_k(sim, ["a", "a", "b", "c"], ks=(1, 2))
+    assert r["i2t_r@1"] == 0.75 and r["i2t_r@2"] == 1.0
 
 
 # -- the script: resume and learning ----------------------------------------------------------------
