@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mesh-data", type=int, help="size of the data axis (default: devices / fsdp)")
     g.add_argument("--mesh-fsdp", type=int, default=1, help="size of the parameter-sharding axis")
     g.add_argument(
-        "--compilation-cache", metavar="DIR", help="JAX's persistent compilation cache (reruns skip compiling)"
+        "--compilation-cache",
+        metavar="DIR",
+        help="JAX's persistent compilation cache (reruns skip compiling)",
     )
     g.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize (multi-host)")
     g.add_argument("--coordinator", help="coordinator host:port (when not auto-detected)")
