@@ -378,9 +378,12 @@ class BatchLoader:
         """This host's share of global batch ``step`` as numpy arrays."""
         order, start, end = self.batch_indices(step)
         wanted = list(order[start:end])
-        # Replacements for examples that fail: the examples after this batch in the epoch's order
-        # (then from its start), skipping any in the batch already -- deterministic, as failures are.
-        spares = (int(i) for i in np.concatenate([order[end:], order[:start]]))
+        # Replacements for examples that fail: the examples after this global batch in the epoch's
+        # order (then from its start) -- deterministic, as failures are. (Two hosts that both need a
+        # replacement in the same step may pick the same one; a duplicate pair, never a bad one.)
+        batch_start = start - self.process_index * self.local_batch_size
+        batch_end = batch_start + self.batch_size
+        spares = (int(i) for i in np.concatenate([order[batch_end:], order[:batch_start]]))
         images, captions, used = [], [], []
         for idx in wanted:
             item = None if idx in self.bad else self._load_one(idx)
