@@ -1,0 +1,328 @@
+"""clip_flax.training, clip_flax.data and tools/finetune_flax.py.
+
+The sharded-step check runs tests/training_sharded_step.py in a subprocess with 8 simulated CPU
+devices (JAX fixes the device count when it starts). The rest use a one-layer "micro" CLIP so that
+compilation stays short.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+jax = pytest.importorskip("jax")
+pytest.importorskip("optax")
+
+import jax.numpy as jnp  # noqa: E402
+
+from clip_flax import FlaxCLIPModel  # noqa: E402
+from clip_flax import data as D  # noqa: E402
+from clip_flax import training as T  # noqa: E402
+from tests.training_sharded_step import micro_config, random_batch  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _model(params=None):
+    model = FlaxCLIPModel(micro_config(), _do_init=False)
+    model.params = T.init_params(micro_config(), seed=0) if params is None else params
+    return model
+
+
+@pytest.fixture(scope="module")
+def micro_model():
+    return _model()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return random_batch(micro_config(), 16, seed=1)
+
+
+def _one_step(model, batch, **cfg):
+    trainer = T.Trainer(
+        model, T.TrainConfig(**{"learning_rate": 1e-3, "total_steps": 10, **cfg}), donate=False
+    )
+    state = trainer.init_state()
+    new_state, metrics = trainer.step(state, batch)
+    return jax.device_get(state.params), jax.device_get(new_state.params), jax.device_get(metrics)
+
+
+def _max_diff(a, b) -> float:
+    return max(
+        jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x, y: float(np.max(np.abs(x - y))), a, b))
+    )
+
+
+# -- sharding -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sharded_steps():
+    """One step on 1 device, on a 2x4 (data x fsdp) mesh, and on that mesh in 2 micro-batches."""
+    # LLVM's optimisation level 0: a third less compile time; the comparison is within one process.
+    flags = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "training_sharded_step.py"), "--mesh", "2x4", "--mesh", "2x4:2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 8
+    return out["meshes"]
+
+
+def test_sharded_step_on_8_devices_equals_one_device(sharded_steps):
+    mesh = sharded_steps["2x4"]
+    assert "fsdp" in mesh["fc1_kernel_spec"]  # params really are split along fsdp
+    assert mesh["max_param_diff"] < 1e-5
+    assert mesh["loss_diff"] < 1e-5
+
+
+def test_gradient_accumulation_equals_big_batch(sharded_steps):
+    # Gradient cache over 2 micro-batches on the sharded mesh == one big batch on one device.
+    mesh = sharded_steps["2x4:2"]
+    assert mesh["max_param_diff"] < 1e-5
+    assert mesh["loss_diff"] < 1e-5
+
+
+def test_fsdp_spec_picks_largest_divisible_dim():
+    assert T.fsdp_spec((64, 256), 4) == jax.sharding.PartitionSpec(None, "fsdp")
+    assert T.fsdp_spec((256, 64), 4) == jax.sharding.PartitionSpec("fsdp")
+    assert T.fsdp_spec((6, 10), 4) == jax.sharding.PartitionSpec()
+    assert T.fsdp_spec((), 4) == jax.sharding.PartitionSpec()
+    assert T.fsdp_spec((64, 256), 1) == jax.sharding.PartitionSpec()
+    with pytest.raises(ValueError):
+        T.make_mesh(data=1, fsdp=2, devices=jax.devices()[:1])
+
+
+# -- optimizer ------------------------------------------------------------------------------------
+
+
+def test_weight_decay_mask(micro_model):
+    mask = T.decay_mask(micro_model.params)
+    assert mask["text_model"]["encoder"]["layers"]["0"]["self_attn"]["q_proj"]["kernel"] is True
+    assert mask["text_model"]["embeddings"]["token_embedding"]["embedding"] is True
+    assert mask["vision_model"]["embeddings"]["patch_embedding"]["kernel"] is True
+    assert mask["text_projection"]["kernel"] is True
+    assert mask["text_model"]["encoder"]["layers"]["0"]["self_attn"]["q_proj"]["bias"] is False
+    assert mask["text_model"]["final_layer_norm"]["scale"] is False
+    assert mask["vision_model"]["pre_layrnorm"]["bias"] is False
+    assert mask["vision_model"]["embeddings"]["class_embedding"] is False
+    assert mask["logit_scale"] is False
+
+
+def test_weight_decay_applies_only_to_masked_leaves():
+    params = {"dense": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)}, "logit_scale": jnp.asarray(1.0)}
+    tx, _ = T.make_optimizer(T.TrainConfig(learning_rate=0.1, weight_decay=0.5, clip_norm=None), params)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    np.testing.assert_allclose(updates["dense"]["kernel"], -0.1 * 0.5 * 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(updates["dense"]["bias"], 0.0)
+    assert float(updates["logit_scale"]) == 0.0
+
+
+def test_schedule_warmup_then_cosine():
+    schedule = T.make_schedule(T.TrainConfig(learning_rate=1.0, warmup_steps=10, total_steps=110))
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(5)) == pytest.approx(0.5)
+    assert float(schedule(10)) == pytest.approx(1.0)
+    assert float(schedule(60)) == pytest.approx(0.5, abs=1e-3)
+    assert float(schedule(110)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_clamp_logit_scale():
+    assert float(T.clamp_logit_scale({"logit_scale": jnp.asarray(7.0)})["logit_scale"]) == pytest.approx(
+        math.log(100)
+    )
+    assert float(T.clamp_logit_scale({"logit_scale": jnp.asarray(2.0)})["logit_scale"]) == 2.0
+
+
+# -- frozen tower, clamp in a step, accumulation ------------------------------------------------------
+
+
+def test_frozen_tower_stays_unchanged_and_logit_scale_is_clamped(micro_model, batch):
+    params = dict(micro_model.params)
+    params["logit_scale"] = np.asarray(5.0, np.float32)  # above ln(100) = 4.605
+    before, after, metrics = _one_step(_model(params), batch, freeze="vision", weight_decay=0.1)
+    for key in T.VISION_KEYS:
+        assert _max_diff(before[key], after[key]) == 0.0, key
+    for key in T.TEXT_KEYS:
+        assert _max_diff(before[key], after[key]) > 1e-5, key
+    assert float(after["logit_scale"]) == pytest.approx(math.log(100), abs=1e-6)
+    assert float(metrics["logit_scale"]) <= math.log(100) + 1e-6
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+def _write_images(folder, n: int) -> list[str]:
+    names = []
+    for i in range(n):
+        name = f"img{i}.png"
+        Image.fromarray(np.full((20, 24, 3), i * 20, np.uint8)).save(os.path.join(folder, name))
+        names.append(name)
+    return names
+
+
+def test_caption_file_bad_rows_reported_and_skipped(tmp_path):
+    names = _write_images(tmp_path, 4)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    lines = [json.dumps({"image": n, "caption": f"picture {i}"}) for i, n in enumerate(names)]
+    lines += [
+        "{not json",
+        json.dumps({"image": names[0]}),  # no caption
+        json.dumps({"image": "missing.png", "caption": "gone"}),
+        json.dumps({"image": "broken.png", "caption": "broken"}),
+        json.dumps(["a", "list"]),
+    ]
+    (tmp_path / "caps.jsonl").write_text("\n".join(lines) + "\n")
+    ds = D.CaptionDataset(str(tmp_path), str(tmp_path / "caps.jsonl"))
+    assert len(ds) == 4
+    assert [ds.caption(i) for i in range(4)] == [f"picture {i}" for i in range(4)]
+    assert len(ds.problems) == 5
+    joined = "\n".join(ds.problems)
+    for needle in (
+        "caps.jsonl:5",
+        "not valid JSON",
+        "no caption",
+        "missing.png",
+        "broken.png",
+        "not a JSON object",
+    ):
+        assert needle in joined
+
+    csv_text = (
+        "image,caption\n" + "".join(f"{n},picture {i}\n" for i, n in enumerate(names)) + "missing.png,x\n"
+    )
+    (tmp_path / "caps.csv").write_text(csv_text)
+    ds = D.CaptionDataset(str(tmp_path), str(tmp_path / "caps.csv"))
+    assert len(ds) == 4 and len(ds.problems) == 1 and "missing.png" in ds.problems[0]
+
+
+def test_loader_replaces_images_that_fail_to_decode(tmp_path):
+    names = _write_images(tmp_path, 10)
+    # A PNG cut short: its header verifies, the pixels do not decode.
+    data = (tmp_path / names[3]).read_bytes()
+    (tmp_path / names[3]).write_bytes(data[: len(data) // 2])
+    (tmp_path / "caps.jsonl").write_text(
+        "".join(json.dumps({"image": n, "caption": f"picture {i}"}) + "\n" for i, n in enumerate(names))
+    )
+    ds = D.CaptionDataset(str(tmp_path), str(tmp_path / "caps.jsonl"), verify_images=False)
+    processor = D.make_processor(micro_config())
+    loader = D.BatchLoader(ds, np.arange(10), 8, processor, 8, seed=0, prefetch=0)
+    # One batch per epoch (10 // 8): take an epoch whose batch includes the broken image.
+    step = next(s for s in range(20) if 3 in D.epoch_order(np.arange(10), 0, s)[:8])
+    batch = loader.load_batch(step)
+    assert 3 not in batch["index"].tolist()
+    assert len(set(batch["index"].tolist())) == 8
+    assert batch["pixel_values"].shape == (8, 3, 16, 16)
+    assert any("img3.png" in p and "cannot load" in p for p in ds.problems)
+    again = D.BatchLoader(ds, np.arange(10), 8, processor, 8, seed=0, prefetch=0).load_batch(step)
+    np.testing.assert_array_equal(again["index"], batch["index"])  # the replacement is deterministic
+
+
+def test_shuffle_is_deterministic_per_epoch_and_prefetch_keeps_order():
+    ds = D.SyntheticShapes(40, image_size=16, seed=3)
+    processor = D.make_processor(micro_config())
+    indices = np.arange(5, 37)
+    make = lambda seed, prefetch: D.BatchLoader(ds, indices, 8, processor, 8, seed=seed, prefetch=prefetch)  # noqa: E731
+    a = [b["index"].tolist() for _, b in make(0, 2).iter_from(0, 8)]
+    b = [b["index"].tolist() for _, b in make(0, 0).iter_from(0, 8)]
+    assert a == b
+    epoch0, epoch1 = sum(a[:4], []), sum(a[4:], [])
+    assert sorted(epoch0) == sorted(epoch1) == indices.tolist()
+    assert epoch0 != epoch1
+    assert [x["index"].tolist() for _, x in make(1, 0).iter_from(0, 4)] != a[:4]
+    resumed = [x["index"].tolist() for _, x in make(0, 2).iter_from(5, 8)]
+    assert resumed == a[5:]
+    # Each of two hosts loads its own half of every global batch.
+    halves = [
+        D.BatchLoader(ds, indices, 8, processor, 8, seed=0, process_index=p, process_count=2) for p in (0, 1)
+    ]
+    assert halves[0].load_batch(6)["index"].tolist() + halves[1].load_batch(6)["index"].tolist() == a[6]
+
+
+def test_synthetic_dataset_is_reproducible():
+    ds = D.SyntheticShapes(30, image_size=24, seed=1)
+    np.testing.assert_array_equal(ds.draw(7), D.SyntheticShapes(30, image_size=24, seed=1).draw(7))
+    assert ds.caption(7) == "a " + ds.class_names[ds.label(7)]
+    assert len(ds.class_names) == 24
+    train, held = D.train_eval_split(30, 0.2, seed=0)
+    assert len(held) == 6 and not set(train) & set(held) and len(train) + len(held) == 30
+
+
+def test_recall_counts_duplicate_captions_as_hits():
+    sim = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.0], [0.0, 0.1, 0.9]])
+    r = T.recall_at_k(sim, ["a", "b", "c"], ks=(1, 2))
+    assert r["i2t_r@1"] == pytest.approx(1 / 3) and r["i2t_r@2"] == 1.0
+    assert T.recall_at_k(sim, ["a", "a", "c"], ks=(1,))["i2t_r@1"] == 1.0
+    # Repeated captions count once when ranking texts: image 2's caption is second among distinct ones.
+    sim = np.array([[0.9, 0.9, 0.1, 0.0], [0.9, 0.9, 0.1, 0.0], [0.9, 0.9, 0.5, 0.0], [0.0, 0.0, 0.1, 0.9]])
+    r = T.recall_at_k(sim, ["a", "a", "b", "c"], ks=(1, 2))
+    assert r["i2t_r@1"] == 0.75 and r["i2t_r@2"] == 1.0
+
+
+# -- the script: resume and learning ----------------------------------------------------------------
+
+STEPS = 60
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    """The same short from-scratch run three times: uninterrupted; stopped early with checkpoints;
+    resumed from its half-way checkpoint. One compilation, reused through the persistent cache."""
+    from tools.finetune_flax import run
+
+    tmp = tmp_path_factory.mktemp("finetune")
+    micro_config().save_pretrained(str(tmp / "cfg"))
+    common = ["--config", str(tmp / "cfg"), "--synthetic", "1200", "--eval-fraction", "0.1",
+              "--steps", str(STEPS), "--batch-size", "64", "--lr", "3e-3", "--warmup", "5",
+              "--eval-every", str(STEPS), "--no-progress", "--log-every", "20",
+              "--compilation-cache", str(tmp / "jax-cache")]  # fmt: skip
+    ckpt = ["--ckpt-dir", str(tmp / "ckpt"), "--save-every", str(STEPS // 2)]
+    full = run(common + ["--metrics-file", str(tmp / "m.jsonl")])
+    # Stopped at 3/4: it saved at 1/2 while training on (the state buffers are donated to the next
+    # step) and at 3/4. Dropping the last checkpoint resumes from the one written mid-run.
+    first = run(common + ckpt + ["--stop-at", str(STEPS * 3 // 4)])
+    shutil.rmtree(tmp / "ckpt" / str(STEPS * 3 // 4))
+    second = run(common + ckpt + ["--resume", "--export", str(tmp / "out")])
+    return {"full": full, "first": first, "second": second, "tmp": tmp}
+
+
+def test_resume_reproduces_uninterrupted_losses(cli_runs):
+    full, first, second = cli_runs["full"], cli_runs["first"], cli_runs["second"]
+    assert first["final_step"] == STEPS * 3 // 4
+    assert sorted(second["losses"]) == list(range(STEPS // 2, STEPS))
+    assert first["losses"] == {s: full["losses"][s] for s in first["losses"]}  # bit for bit
+    assert second["losses"] == {s: full["losses"][s] for s in second["losses"]}
+    assert len(set(full["losses"].values())) == STEPS
+    assert second["evals"][-1] == full["evals"][-1]
+    reloaded = FlaxCLIPModel.from_pretrained(str(cli_runs["tmp"] / "out"))
+    assert reloaded.config == micro_config()
+
+
+def test_short_run_from_scratch_beats_chance_zero_shot(cli_runs):
+    evals = cli_runs["full"]["evals"]
+    start, end = evals[0], evals[-1]
+    assert start["step"] == 0 and end["step"] == STEPS
+    chance = end["chance"]
+    assert start["zero_shot_acc"] < 3 * chance
+    assert end["zero_shot_acc"] > 4 * chance, evals
+    assert end["i2t_r@5"] > start["i2t_r@5"]
+    lines = [json.loads(x) for x in open(cli_runs["tmp"] / "m.jsonl")]
+    assert sum("loss" in x for x in lines) == STEPS and any("examples_per_s" in x for x in lines)
