@@ -1,0 +1,1 @@
+"""Command-line tools: clip-convert, benchmarks, the demo and Flax fine-tuning."""
