@@ -32,10 +32,14 @@ def tiny_folder(folder) -> None:
         projection_dim=16,
     )
     rng = np.random.default_rng(0)
-    state = {k: (0.02 * rng.standard_normal(s)).astype(np.float32) for k, s in canonical_shapes(config).items()}
+    state = {
+        k: (0.02 * rng.standard_normal(s)).astype(np.float32) for k, s in canonical_shapes(config).items()
+    }
     save_state_dict(state, folder)
     config.save_pretrained(folder)
-    processor = CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32), CLIPTokenizerFast())
+    processor = CLIPProcessor(
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32), CLIPTokenizerFast()
+    )
     processor.save_pretrained(folder)
 
 

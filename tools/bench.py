@@ -66,6 +66,31 @@ class BenchContext:
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 
+    def interleaved(self, fns: dict, rounds: int, warm_once: bool = False, **time_kwargs) -> dict:
+        """Median over rounds of ``self.time`` for each fn, alternating between them every round,
+        so that load from other processes hits ours and theirs alike."""
+        if warm_once:
+            for fn in fns.values():
+                fn()
+        times = {name: [] for name in fns}
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                times[name].append(self.time(fn, **time_kwargs))
+        return {name: statistics.median(values) for name, values in times.items()}
+
+
+def speed_row(section, what, ours_name, ours_seconds, theirs_name, theirs_seconds, batch) -> dict:
+    """One table row: throughput of ours and theirs from seconds per batch."""
+    return {
+        "section": section,
+        "what": what,
+        "ours": ours_name,
+        "theirs": theirs_name,
+        "unit": "img/s" if what.startswith("image") else "texts/s",
+        "ours_value": batch / ours_seconds,
+        "theirs_value": batch / theirs_seconds if theirs_seconds else None,
+    }
+
 
 def random_state(config: CLIPConfig, seed: int = SEED) -> dict[str, np.ndarray]:
     """Random canonical weights with sensible scales: N(0, 0.02), LayerNorms at 1/0, CLIP's logit scale."""

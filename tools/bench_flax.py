@@ -7,8 +7,9 @@ in fp32; ``dtype=jnp.bfloat16`` on both sides).
 
 from __future__ import annotations
 
-import statistics
 import tempfile
+
+from tools.bench import speed_row
 
 SECTION = "flax"
 THEIRS = "transformers FlaxCLIPModel (jit)"
@@ -28,25 +29,8 @@ def _models(ctx, dtype):
     return ours, (theirs, theirs_params)
 
 
-def _interleaved(ctx, fns: dict, rounds: int) -> dict:
-    """Median over rounds of ctx.time for each fn, alternating between them every round."""
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            times[name].append(ctx.time(fn))
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def _row(what, ours_name, ours_seconds, theirs_seconds, batch, theirs_name=THEIRS):
-    return {
-        "section": SECTION,
-        "what": what,
-        "ours": ours_name,
-        "theirs": theirs_name,
-        "unit": "img/s" if what.startswith("image") else "texts/s",
-        "ours_value": batch / ours_seconds,
-        "theirs_value": batch / theirs_seconds if theirs_seconds else None,
-    }
+    return speed_row(SECTION, what, ours_name, ours_seconds, theirs_name, theirs_seconds, batch)
 
 
 def _timings(ctx, dtype) -> tuple[dict, dict]:
@@ -67,11 +51,11 @@ def _timings(ctx, dtype) -> tuple[dict, dict]:
         return lambda: jax.block_until_ready(fn(params, ids, mask))
 
     rounds = 1 if ctx.quick else 3
-    image = _interleaved(
-        ctx, {"ours": image_fn(ours, ours.params), "theirs": image_fn(theirs, theirs_params)}, rounds
+    image = ctx.interleaved(
+        {"ours": image_fn(ours, ours.params), "theirs": image_fn(theirs, theirs_params)}, rounds
     )
-    text = _interleaved(
-        ctx, {"ours": text_fn(ours, ours.params), "theirs": text_fn(theirs, theirs_params)}, rounds
+    text = ctx.interleaved(
+        {"ours": text_fn(ours, ours.params), "theirs": text_fn(theirs, theirs_params)}, rounds
     )
     return image, text
 

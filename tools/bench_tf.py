@@ -7,8 +7,9 @@ against the same transformers figure, to show what XLA adds.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
+
+from tools.bench import speed_row
 
 SECTION = "tf"
 THEIRS = "transformers TFCLIPModel (tf.function)"
@@ -27,25 +28,8 @@ def _models(ctx):
     return ours, HFTFCLIPModel.from_pretrained(folder, from_pt=True)
 
 
-def _interleaved(ctx, fns: dict, rounds: int) -> dict:
-    """Median over rounds of ctx.time for each fn, alternating between them every round."""
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            times[name].append(ctx.time(fn))
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def _row(what, ours_name, ours_seconds, theirs_seconds, batch):
-    return {
-        "section": SECTION,
-        "what": what,
-        "ours": ours_name,
-        "theirs": THEIRS,
-        "unit": "img/s" if what.startswith("image") else "texts/s",
-        "ours_value": batch / ours_seconds,
-        "theirs_value": batch / theirs_seconds if theirs_seconds else None,
-    }
+    return speed_row(SECTION, what, ours_name, ours_seconds, THEIRS, theirs_seconds, batch)
 
 
 def rows(ctx) -> list[dict]:
@@ -64,11 +48,11 @@ def rows(ctx) -> list[dict]:
         return lambda: fn(ids, mask).numpy()
 
     rounds = 1 if ctx.quick else 3
-    image = _interleaved(
-        ctx, {"ours": image_fn(ours), "theirs": image_fn(theirs), "xla": image_fn(ours, jit=True)}, rounds
+    image = ctx.interleaved(
+        {"ours": image_fn(ours), "theirs": image_fn(theirs), "xla": image_fn(ours, jit=True)}, rounds
     )
-    text = _interleaved(
-        ctx, {"ours": text_fn(ours), "theirs": text_fn(theirs), "xla": text_fn(ours, jit=True)}, rounds
+    text = ctx.interleaved(
+        {"ours": text_fn(ours), "theirs": text_fn(theirs), "xla": text_fn(ours, jit=True)}, rounds
     )
     b = ctx.batch
     return [

@@ -7,7 +7,7 @@ matmuls are very slow on CPUs without AVX512-BF16/AMX).
 
 from __future__ import annotations
 
-import statistics
+from tools.bench import speed_row
 
 SECTION = "torch"
 THEIRS = "transformers CLIPModel (sdpa)"
@@ -29,28 +29,8 @@ def _models(ctx, dtype=None):
     return ours.eval(), hf_torch_model(ctx, "sdpa").to(dtype)
 
 
-def _interleaved(ctx, fns: dict, rounds: int, warm_once: bool = False, **time_kwargs) -> dict:
-    """Median over rounds of ctx.time for each fn, alternating between them every round."""
-    if warm_once:
-        for fn in fns.values():
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            times[name].append(ctx.time(fn, **time_kwargs))
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def _row(what, ours_name, ours_seconds, theirs_name, theirs_seconds, batch):
-    return {
-        "section": SECTION,
-        "what": what,
-        "ours": ours_name,
-        "theirs": theirs_name,
-        "unit": "img/s" if what.startswith("image") else "texts/s",
-        "ours_value": batch / ours_seconds,
-        "theirs_value": batch / theirs_seconds if theirs_seconds else None,
-    }
+    return speed_row(SECTION, what, ours_name, ours_seconds, theirs_name, theirs_seconds, batch)
 
 
 def _timings(ctx, models, images: int, texts: int, rounds: int, warm_once: bool = False, **time_kwargs):
@@ -67,10 +47,8 @@ def _timings(ctx, models, images: int, texts: int, rounds: int, warm_once: bool 
         return lambda: model.get_text_features(input_ids=ids, attention_mask=mask)
 
     with torch.inference_mode():
-        image = _interleaved(
-            ctx, {k: image_fn(m) for k, m in models.items()}, rounds, warm_once, **time_kwargs
-        )
-        text = _interleaved(ctx, {k: text_fn(m) for k, m in models.items()}, rounds, warm_once, **time_kwargs)
+        image = ctx.interleaved({k: image_fn(m) for k, m in models.items()}, rounds, warm_once, **time_kwargs)
+        text = ctx.interleaved({k: text_fn(m) for k, m in models.items()}, rounds, warm_once, **time_kwargs)
     return image, text
 
 
