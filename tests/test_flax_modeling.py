@@ -38,7 +38,7 @@ from clip_flax import (  # noqa: E402
 
 ATOL = 1e-5
 
-from tests.tiny_configs import CONFIGS  # noqa: E402
+from tests.tiny_configs import BAD_INPUTS, CONFIGS, bad_ids, bad_pixels  # noqa: E402
 
 
 def hf_flax(cls, folder):
@@ -497,38 +497,7 @@ def tiny():
     return model
 
 
-def _ids(batch=2, seq=5):
-    return np.full((batch, seq), 7, np.int32)
-
-
-def _pixels(batch=2, size=32):
-    return np.zeros((batch, 3, size, size), np.float32)
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(input_ids=_ids(), pixel_values=_pixels(size=48)), "pixel_values must be 32x32"),
-        (dict(input_ids=_ids(), pixel_values=np.zeros((2, 32, 32, 3), np.float32)), "channels-first"),
-        (dict(input_ids=_ids(), pixel_values=np.zeros((3, 32, 32), np.float32)), "4 dimensions"),
-        (dict(input_ids=np.full((2, 5), 49408), pixel_values=_pixels()), "input_ids must lie in"),
-        (dict(input_ids=np.full((2, 5), -1), pixel_values=_pixels()), "input_ids must lie in"),
-        (dict(input_ids=_ids(seq=17), pixel_values=_pixels()), "max_position_embeddings"),
-        (dict(input_ids=_ids()[0], pixel_values=_pixels()), "2 dimensions"),
-        (
-            dict(input_ids=_ids(), attention_mask=np.ones((2, 4)), pixel_values=_pixels()),
-            "attention_mask shape",
-        ),
-        (dict(input_ids=_ids(), position_ids=np.arange(4), pixel_values=_pixels()), "position_ids shape"),
-        (dict(input_ids=_ids(), pixel_values=_pixels(batch=3), return_loss=True), "as many texts as images"),
-        (dict(pixel_values=_pixels()), "input_ids"),
-        (dict(input_ids=_ids()), "pixel_values"),
-        (
-            dict(input_ids=_ids(), pixel_values=_pixels(size=4), interpolate_pos_encoding=True),
-            "smaller than one",
-        ),
-    ],
-)
+@pytest.mark.parametrize("kwargs, message", BAD_INPUTS)
 def test_bad_inputs_raise_clear_errors(tiny, kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny(**kwargs)
@@ -536,12 +505,12 @@ def test_bad_inputs_raise_clear_errors(tiny, kwargs, message):
 
 def test_bad_inputs_under_jit_and_in_module_apply(tiny):
     with pytest.raises(ValueError, match="pixel_values must be 32x32"):
-        jax.jit(lambda p: tiny.get_image_features(p))(_pixels(size=48))
+        jax.jit(lambda p: tiny.get_image_features(p))(bad_pixels(size=48))
     with pytest.raises(ValueError, match="max_position_embeddings"):
-        jax.jit(lambda i: tiny.get_text_features(i))(_ids(seq=17))
+        jax.jit(lambda i: tiny.get_text_features(i))(bad_ids(seq=17))
     with pytest.raises(ValueError, match="as many texts as images"):
         jax.jit(lambda i, p: tiny.module.apply({"params": tiny.params}, i, p, return_loss=True))(
-            _ids(), _pixels(batch=3)
+            bad_ids(), bad_pixels(batch=3)
         )
     # Concrete ids reaching the module directly are still checked by value.
     with pytest.raises(ValueError, match="input_ids must lie in"):

@@ -37,7 +37,7 @@ from clip_tf.modeling import canonical_name  # noqa: E402
 
 ATOL = 1e-5
 
-from tests.tiny_configs import CONFIGS  # noqa: E402
+from tests.tiny_configs import BAD_INPUTS, CONFIGS, bad_ids, bad_pixels  # noqa: E402
 
 
 class Reference:
@@ -473,38 +473,7 @@ def tiny():
     return TFCLIPModel(CLIPConfig.from_dict(CONFIGS["quick_gelu-eos49407"]))
 
 
-def _ids(batch=2, seq=5):
-    return np.full((batch, seq), 7, np.int32)
-
-
-def _pixels(batch=2, size=32):
-    return np.zeros((batch, 3, size, size), np.float32)
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(input_ids=_ids(), pixel_values=_pixels(size=48)), "pixel_values must be 32x32"),
-        (dict(input_ids=_ids(), pixel_values=np.zeros((2, 32, 32, 3), np.float32)), "channels-first"),
-        (dict(input_ids=_ids(), pixel_values=np.zeros((3, 32, 32), np.float32)), "4 dimensions"),
-        (dict(input_ids=np.full((2, 5), 49408), pixel_values=_pixels()), "input_ids must lie in"),
-        (dict(input_ids=np.full((2, 5), -1), pixel_values=_pixels()), "input_ids must lie in"),
-        (dict(input_ids=_ids(seq=17), pixel_values=_pixels()), "max_position_embeddings"),
-        (dict(input_ids=_ids()[0], pixel_values=_pixels()), "2 dimensions"),
-        (
-            dict(input_ids=_ids(), attention_mask=np.ones((2, 4)), pixel_values=_pixels()),
-            "attention_mask shape",
-        ),
-        (dict(input_ids=_ids(), position_ids=np.arange(4), pixel_values=_pixels()), "position_ids shape"),
-        (dict(input_ids=_ids(), pixel_values=_pixels(batch=3), return_loss=True), "as many texts as images"),
-        (dict(pixel_values=_pixels()), "input_ids"),
-        (dict(input_ids=_ids()), "pixel_values"),
-        (
-            dict(input_ids=_ids(), pixel_values=_pixels(size=4), interpolate_pos_encoding=True),
-            "smaller than one",
-        ),
-    ],
-)
+@pytest.mark.parametrize("kwargs, message", BAD_INPUTS)
 def test_bad_inputs_raise_clear_errors(tiny, kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny(**kwargs)
@@ -512,9 +481,9 @@ def test_bad_inputs_raise_clear_errors(tiny, kwargs, message):
 
 def test_bad_inputs_in_tf_function(tiny):
     with pytest.raises(ValueError, match="pixel_values must be 32x32"):
-        tf.function(lambda p: tiny.get_image_features(pixel_values=p))(_pixels(size=48))
+        tf.function(lambda p: tiny.get_image_features(pixel_values=p))(bad_pixels(size=48))
     with pytest.raises(ValueError, match="max_position_embeddings"):
-        tf.function(lambda i: tiny.get_text_features(input_ids=i))(_ids(seq=17))
+        tf.function(lambda i: tiny.get_text_features(input_ids=i))(bad_ids(seq=17))
     tower = TFCLIPTextModel(tiny.config.text_config)
     with pytest.raises(ValueError, match="input_ids must lie in"):
         tower(input_ids=np.full((1, 3), 49408))

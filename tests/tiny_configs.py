@@ -1,4 +1,7 @@
-"""The tiny configs every backend's parity suite runs, in transformers' CLIPConfig keyword form."""
+"""What every backend's suite shares: the tiny parity configs (in transformers' CLIPConfig keyword
+form) and the bad inputs that must get the same clear errors everywhere."""
+
+import numpy as np
 
 CONFIGS = {
     # OpenAI-style: quick_gelu, eos 49407 (full vocabulary), padded batch.
@@ -64,3 +67,39 @@ def _with_tower_projection_dims(config: dict) -> dict:
 
 
 CONFIGS = {name: _with_tower_projection_dims(config) for name, config in CONFIGS.items()}
+
+
+def bad_ids(batch=2, seq=5):
+    return np.full((batch, seq), 7, np.int32)
+
+
+def bad_pixels(batch=2, size=32):
+    return np.zeros((batch, 3, size, size), np.float32)
+
+
+# For a CLIPModel of CONFIGS["quick_gelu-eos49407"] (32x32 images, 16 positions, full vocabulary):
+# (keyword arguments as numpy arrays, the message the ValueError must carry).
+BAD_INPUTS = [
+    (dict(input_ids=bad_ids(), pixel_values=bad_pixels(size=48)), "pixel_values must be 32x32"),
+    (dict(input_ids=bad_ids(), pixel_values=np.zeros((2, 32, 32, 3), np.float32)), "channels-first"),
+    (dict(input_ids=bad_ids(), pixel_values=np.zeros((3, 32, 32), np.float32)), "4 dimensions"),
+    (dict(input_ids=np.full((2, 5), 49408), pixel_values=bad_pixels()), "input_ids must lie in"),
+    (dict(input_ids=np.full((2, 5), -1), pixel_values=bad_pixels()), "input_ids must lie in"),
+    (dict(input_ids=bad_ids(seq=17), pixel_values=bad_pixels()), "max_position_embeddings"),
+    (dict(input_ids=bad_ids()[0], pixel_values=bad_pixels()), "2 dimensions"),
+    (
+        dict(input_ids=bad_ids(), attention_mask=np.ones((2, 4)), pixel_values=bad_pixels()),
+        "attention_mask shape",
+    ),
+    (dict(input_ids=bad_ids(), position_ids=np.arange(4), pixel_values=bad_pixels()), "position_ids shape"),
+    (
+        dict(input_ids=bad_ids(), pixel_values=bad_pixels(batch=3), return_loss=True),
+        "as many texts as images",
+    ),
+    (dict(pixel_values=bad_pixels()), "input_ids"),
+    (dict(input_ids=bad_ids()), "pixel_values"),
+    (
+        dict(input_ids=bad_ids(), pixel_values=bad_pixels(size=4), interpolate_pos_encoding=True),
+        "smaller than one",
+    ),
+]
