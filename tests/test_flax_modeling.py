@@ -35,10 +35,7 @@ from clip_flax import (  # noqa: E402
     FlaxCLIPVisionModelWithProjection,
     clip_loss,
 )
-
-ATOL = 1e-5
-
-from tests.tiny_configs import BAD_INPUTS, CONFIGS, bad_ids, bad_pixels  # noqa: E402
+from tests.tiny_configs import BAD_INPUTS, CONFIGS, assert_close, bad_ids, bad_pixels, padded_texts  # noqa: E402
 
 
 def hf_flax(cls, folder):
@@ -78,24 +75,11 @@ class Reference:
         self.config = CLIPConfig.from_pretrained(folder)
         self.hf_flax, self.hf_params = hf_flax(HFFlaxCLIPModel, folder)
         self.ours = FlaxCLIPModel.from_pretrained(folder)
-        self.input_ids, self.attention_mask = self._texts()
+        ids, mask = padded_texts(self.config.text_config)
+        self.input_ids, self.attention_mask = ids.astype(np.int32), mask.astype(np.int32)
         rng = np.random.default_rng(1)
         size = self.config.vision_config.image_size
         self.pixel_values = rng.standard_normal((3, 3, size, size)).astype(np.float32)
-
-    def _texts(self):
-        """Three texts of different lengths, padded on the right (mask 0 on pads)."""
-        text = self.config.text_config
-        rng = np.random.default_rng(0)
-        seq = text.max_position_embeddings - 2
-        eos = text.vocab_size - 1 if text.uses_legacy_eos_pooling else text.eos_token_id
-        ids = rng.integers(3, min(text.vocab_size - 1, 1000), size=(3, seq))
-        mask = np.ones_like(ids)
-        for row, length in enumerate((seq, seq - 3, 4)):
-            ids[row, length - 1] = eos
-            ids[row, length:] = eos if not text.uses_legacy_eos_pooling else 1
-            mask[row, length:] = 0
-        return ids.astype(np.int32), mask.astype(np.int32)
 
     def torch_inputs(self, **arrays):
         return {
@@ -107,13 +91,6 @@ class Reference:
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def ref(request, tmp_path_factory):
     return Reference(request.param, str(tmp_path_factory.mktemp(request.param)))
-
-
-def assert_close(ours, theirs, what, atol=ATOL):
-    ours, theirs = np.asarray(ours), np.asarray(theirs)
-    assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} vs {theirs.shape}"
-    diff = np.abs(ours - theirs).max() if ours.size else 0.0
-    assert diff <= atol, f"{what}: max abs diff {diff:.3g} > {atol}"
 
 
 def assert_tower_output(ours, theirs, what, fields=("hidden_states", "attentions")):

@@ -26,7 +26,7 @@ from clip_torch import (  # noqa: E402
 
 ATOL = 1e-5
 
-from tests.tiny_configs import BAD_INPUTS, CONFIGS  # noqa: E402
+from tests.tiny_configs import BAD_INPUTS, CONFIGS, padded_texts  # noqa: E402
 
 LOGIT_SCALES = {"quick_gelu-eos49407": 2.9, "gelu-eos2": 1.3}
 
@@ -48,25 +48,11 @@ class Reference:
         self.eager = transformers.CLIPModel.from_pretrained(folder, attn_implementation="eager").eval()
         self.sdpa = transformers.CLIPModel.from_pretrained(folder, attn_implementation="sdpa").eval()
         self.ours = CLIPModel.from_pretrained(folder)
-        self.input_ids, self.attention_mask = self._texts()
+        self.input_ids, self.attention_mask = map(torch.from_numpy, padded_texts(self.config.text_config))
         size = self.config.vision_config.image_size
         self.pixel_values = torch.from_numpy(
             np.random.default_rng(1).standard_normal((3, 3, size, size)).astype(np.float32)
         )
-
-    def _texts(self):
-        """Three texts of different lengths, padded on the right (mask 0 on pads)."""
-        text = self.config.text_config
-        rng = np.random.default_rng(0)
-        seq = text.max_position_embeddings - 2
-        eos = text.vocab_size - 1 if text.uses_legacy_eos_pooling else text.eos_token_id
-        ids = rng.integers(3, min(text.vocab_size - 1, 1000), size=(3, seq))
-        mask = np.ones_like(ids)
-        for row, length in enumerate((seq, seq - 3, 4)):
-            ids[row, length - 1] = eos
-            ids[row, length:] = eos if not text.uses_legacy_eos_pooling else 1
-            mask[row, length:] = 0
-        return torch.from_numpy(ids), torch.from_numpy(mask)
 
     def inputs(self, **extra):
         return dict(

@@ -1,5 +1,6 @@
 """What every backend's suite shares: the tiny parity configs (in transformers' CLIPConfig keyword
-form) and the bad inputs that must get the same clear errors everywhere."""
+form), the padded text batch, the numpy closeness check, and the bad inputs that must get the same
+clear errors everywhere."""
 
 import numpy as np
 
@@ -103,3 +104,25 @@ BAD_INPUTS = [
         "smaller than one",
     ),
 ]
+
+
+def padded_texts(text_config) -> tuple[np.ndarray, np.ndarray]:
+    """Three texts of different lengths, padded on the right (mask 0 on pads), as int64 arrays."""
+    rng = np.random.default_rng(0)
+    seq = text_config.max_position_embeddings - 2
+    legacy = text_config.uses_legacy_eos_pooling
+    eos = text_config.vocab_size - 1 if legacy else text_config.eos_token_id
+    ids = rng.integers(3, min(text_config.vocab_size - 1, 1000), size=(3, seq))
+    mask = np.ones_like(ids)
+    for row, length in enumerate((seq, seq - 3, 4)):
+        ids[row, length - 1] = eos
+        ids[row, length:] = eos if not legacy else 1
+        mask[row, length:] = 0
+    return ids, mask
+
+
+def assert_close(ours, theirs, what, atol=1e-5):
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} vs {theirs.shape}"
+    diff = np.abs(ours - theirs).max() if ours.size else 0.0
+    assert diff <= atol, f"{what}: max abs diff {diff:.3g} > {atol}"
