@@ -9,6 +9,8 @@ import functools
 import gzip
 import json
 import os
+from collections.abc import Callable
+from itertools import chain
 
 from .files import atomic_write_text
 
@@ -109,29 +111,19 @@ def write_vocab_files(
 
 
 class BytePairEncoder:
-    """CLIP's BPE on byte-encoded words, with a cache of words already seen (caption words repeat a lot)."""
+    """CLIP's BPE on byte-encoded words (callers put a WordIdsCache in front: caption words repeat a lot)."""
 
     def __init__(self, encoder: dict[str, int], merges, unk_id: int):
         self.encoder = encoder
         self.ranks = {pair: rank for rank, pair in enumerate(merges)}
         self.unk_id = unk_id
-        self._token_cache: dict[str, tuple[str, ...]] = {}
-
-    def tokens(self, word: str) -> tuple[str, ...]:
-        """BPE pieces of one byte-encoded word; its last piece ends with '</w>'."""
-        cached = self._token_cache.get(word)
-        if cached is None:
-            cached = self._token_cache[word] = self._merge(word)
-        return cached
-
-    def clear_cache(self) -> None:
-        self._token_cache.clear()
 
     def ids(self, word: str) -> list[int]:
         get, unk = self.encoder.get, self.unk_id
-        return [get(t, unk) for t in self.tokens(word)]
+        return [get(t, unk) for t in self._merge(word)]
 
     def _merge(self, word: str) -> tuple[str, ...]:
+        """BPE pieces of one byte-encoded word; its last piece ends with '</w>'."""
         symbols = [*word[:-1], word[-1] + END_OF_WORD]
         ranks, never = self.ranks, len(self.ranks)
         get = ranks.get
@@ -157,3 +149,61 @@ class BytePairEncoder:
                 except ValueError:
                     break
         return tuple(symbols)
+
+
+class WordIdsCache:
+    """word -> token ids for whole batches of texts, learning every unseen word of a batch in one go.
+
+    Caption words repeat a lot, so looking a word up is the common case and BPE the rare one. A text
+    arrives as its pieces: words (str) still to encode, and token ids (int) already known, such as
+    special tokens cut out of the text; an id stands for itself, so one C-level pass over the pieces
+    gives the text's ids. ``learn`` turns a list of words into their ids.
+    """
+
+    def __init__(self, learn: Callable[[list[str]], list[list[int]]], max_words: int = 1_000_000):
+        self._learn = learn
+        self._max_words = max_words
+        self._ids: dict[str | int, list[int]] = {}
+
+    def clear(self) -> None:
+        self._ids.clear()
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def rows(self, texts: list[list[str | int]], first: list[int], last: list[int]) -> list[list[int]]:
+        """Each text's ids, between ``first`` and ``last``."""
+        rows, missed = self._known_rows(texts, first, last)
+        if missed:
+            unknown = [texts[i] for i in missed]
+            self._learn_unseen(unknown)
+            for index, row in zip(missed, self._known_rows(unknown, first, last)[0]):
+                rows[index] = row
+        return rows
+
+    def _known_rows(self, texts, first, last) -> tuple[list, list[int]]:
+        """Rows of the texts whose pieces are all known (None for the others), and the others' indices."""
+        lookup = self._ids.__getitem__
+        rows, missed = [], []
+        for index, pieces in enumerate(texts):
+            row = first.copy()
+            try:
+                row.extend(chain.from_iterable(map(lookup, pieces)))  # one C-level pass per text
+            except KeyError:
+                missed.append(index)
+                row = None
+            else:
+                row += last
+            rows.append(row)
+        return rows, missed
+
+    def _learn_unseen(self, texts: list[list[str | int]]) -> None:
+        pieces = set(chain.from_iterable(texts))
+        unseen = pieces.difference(self._ids)
+        if len(self._ids) + len(unseen) > self._max_words:
+            # Bound the memory a stream of unique words can take: start afresh with these texts' words.
+            self._ids.clear()
+            unseen = pieces
+        words = [p for p in unseen if isinstance(p, str)]
+        self._ids.update(zip(words, self._learn(words)))
+        self._ids.update((p, [p]) for p in unseen if not isinstance(p, str))

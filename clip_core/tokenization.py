@@ -34,6 +34,7 @@ from .bpe_vocab import (
     END_OF_WORD,
     EOS_TOKEN,
     BytePairEncoder,
+    WordIdsCache,
     byte_decode,
     byte_encode,
     openai_vocab,
@@ -629,12 +630,11 @@ class CLIPTokenizer(_CLIPTokenizerBase):
             # transformers cuts the raw text at added tokens (exact case) before any cleaning.
             added = sorted({*self.all_special_tokens, *self.added_tokens_encoder}, key=len, reverse=True)
             self._added_split = std_re.compile("(" + "|".join(std_re.escape(t) for t in added) + ")")
-        self._word_ids: dict[str, list[int]] = {}
+        self._word_ids = WordIdsCache(self._learn)
 
     def clear_cache(self) -> None:
         """Forget the words seen so far (they are re-encoded on next sight; for benchmarks and memory)."""
         self._word_ids.clear()
-        self._bpe.clear_cache()
 
     @staticmethod
     def _token_of_id(encoder, index):
@@ -672,44 +672,29 @@ class CLIPTokenizer(_CLIPTokenizerBase):
             return self._ascii_split.findall(chunk.lower())
         return self._split.findall(self.clean_text(chunk))
 
-    def _encode_chunk(self, chunk: str, out: list[int]) -> None:
-        words = self._words(chunk)
-        start = len(out)
-        try:
-            # All words known: one C-level pass, no Python loop per word.
-            out.extend(chain.from_iterable(map(self._word_ids.__getitem__, words)))
-        except KeyError:
-            del out[start:]
-            for word in words:
-                ids = self._word_ids.get(word)
-                out += self._learn_word(word) if ids is None else ids
+    def _learn(self, words: list[str]) -> list[list[int]]:
+        """BPE ids of each word; a literal special token (the split keeps it whole) is its own id."""
+        learned = []
+        for word in words:
+            special = self._literal_ids.get(word)
+            learned.append([special] if special is not None else self._bpe.ids(byte_encode(word)))
+        return learned
 
-    def _learn_word(self, word: str) -> list[int]:
-        special = self._literal_ids.get(word)
-        ids = [special] if special is not None else self._bpe.ids(byte_encode(word))
-        if len(self._word_ids) < 1_000_000:  # bound the memory a stream of unique words can take
-            self._word_ids[word] = ids
-        return ids
-
-    def _encode_text(self, text: str, out: list[int]) -> list[int]:
+    def _pieces(self, text: str) -> list[str | int]:
+        """The text's words, with the ids of added tokens cut out of the raw text in their place."""
         if self._added_split is None:
-            self._encode_chunk(text, out)
-            return out
+            return self._words(text)
+        pieces = []
         for index, chunk in enumerate(self._added_split.split(text)):
             if index % 2:
-                out.append(self._lookup(chunk))
+                pieces.append(self._lookup(chunk))
             elif chunk:
-                self._encode_chunk(chunk, out)
-        return out
+                pieces += self._words(chunk)
+        return pieces
 
     def _encode_batch(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
-        if not add_special_tokens:
-            return [self._encode_text(t, []) for t in texts]
-        bos, eos = self.bos_token_id, self.eos_token_id
-        rows = [self._encode_text(t, [bos]) for t in texts]
-        for row in rows:
-            row.append(eos)
-        return rows
+        first, last = ([self.bos_token_id], [self.eos_token_id]) if add_special_tokens else ([], [])
+        return self._word_ids.rows([self._pieces(t) for t in texts], first, last)
 
 
 def tokenize(texts, context_length: int = OPENAI_CONTEXT_LENGTH, truncate: bool = True) -> np.ndarray:

@@ -18,11 +18,18 @@ import re as std_re
 import shutil
 import tempfile
 import unicodedata
-from itertools import chain
 
 import regex
 
-from .bpe_vocab import BOS_TOKEN, END_OF_WORD, EOS_TOKEN, byte_encode, openai_vocab, read_vocab_files
+from .bpe_vocab import (
+    BOS_TOKEN,
+    END_OF_WORD,
+    EOS_TOKEN,
+    WordIdsCache,
+    byte_encode,
+    openai_vocab,
+    read_vocab_files,
+)
 from .files import atomic_path
 from .tokenization import _CLIPTokenizerBase
 
@@ -162,7 +169,7 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
             {**backend_added, **(added_tokens or {})},
         )
         self._python_path = self._is_standard_pipeline()
-        self._word_ids: dict[str, list[int]] = {}
+        self._word_ids = WordIdsCache(self._learn)
 
     def clear_cache(self) -> None:
         """Forget the words seen so far, here and in the library's BPE cache."""
@@ -228,61 +235,46 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
 
     # ----- text -> ids ----------------------------------------------------------------------------
     def _encode_batch(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
-        ids: list = [None] * len(texts)
-        for_backend = []
-        python_path, not_plain, not_safe = self._python_path, _NOT_PLAIN_ASCII.search, _NOT_PYTHON_SAFE.search
-        start = [self.bos_token_id] if add_special_tokens else []
+        first, last = ([self.bos_token_id], [self.eos_token_id]) if add_special_tokens else ([], [])
+        in_python, pieces, for_backend = [], [], []
+        not_plain, not_safe = _NOT_PLAIN_ASCII.search, _NOT_PYTHON_SAFE.search
         for index, text in enumerate(texts):
-            if not python_path:
+            if not self._python_path:
                 for_backend.append(index)
             elif not_plain(text) is None:
-                ids[index] = self._encode_normalized(text.lower(), start.copy(), _ASCII_WORDS)
+                in_python.append(index)
+                pieces.append(self._pieces(text.lower(), _ASCII_WORDS))
             elif not_safe(text) is None:
-                text = unicodedata.normalize("NFC", text).lower()
-                ids[index] = self._encode_normalized(text, start.copy(), _UNICODE_WORDS)
+                in_python.append(index)
+                pieces.append(self._pieces(unicodedata.normalize("NFC", text).lower(), _UNICODE_WORDS))
             else:
                 for_backend.append(index)
+        ids: list = [None] * len(texts)
+        for index, row in zip(in_python, self._word_ids.rows(pieces, first, last)):
+            ids[index] = row
         if for_backend:
-            # Special tokens are added below for every text alike (transformers' post-processor adds
+            # Special tokens are added here for every text alike (transformers' post-processor adds
             # the same two), so a custom tokenizer.json post-processor is not consulted.
             encodings = self._backend.encode_batch([texts[i] for i in for_backend], add_special_tokens=False)
             for index, encoding in zip(for_backend, encodings):
-                ids[index] = start + encoding.ids
-        if add_special_tokens:
-            eos = self.eos_token_id
-            for row in ids:
-                row.append(eos)
+                ids[index] = first + encoding.ids + last
         return ids
 
-    def _encode_normalized(self, text: str, out: list[int], word_split) -> list[int]:
-        # The library cuts added tokens out of the normalised (lowercased) text before splitting words.
+    def _pieces(self, text: str, word_split) -> list[str | int]:
+        """Words of the normalised text, with the ids of the special tokens the library cuts out first."""
         if "<|" not in text:
-            return self._encode_words(text, out, word_split)
+            return word_split.findall(text)
+        pieces = []
         for index, chunk in enumerate(_SPECIAL_SPLIT.split(text)):
             if index % 2:
-                out.append(self.encoder[chunk])
+                pieces.append(self.encoder[chunk])
             else:
-                self._encode_words(chunk, out, word_split)
-        return out
+                pieces += word_split.findall(chunk)
+        return pieces
 
-    def _encode_words(self, text: str, out: list[int], word_split) -> list[int]:
-        words = word_split.findall(text)
-        start = len(out)
-        try:
-            # All words known: one C-level pass, no Python loop per word.
-            out.extend(chain.from_iterable(map(self._word_ids.__getitem__, words)))
-        except KeyError:
-            del out[start:]
-            for word in words:
-                ids = self._word_ids.get(word)
-                out += self._learn_word(word) if ids is None else ids
-        return out
-
-    def _learn_word(self, word: str) -> list[int]:
-        ids = [token.id for token in self._backend.model.tokenize(byte_encode(word))]
-        if len(self._word_ids) < 1_000_000:  # bound the memory a stream of unique words can take
-            self._word_ids[word] = ids
-        return ids
+    def _learn(self, words: list[str]) -> list[list[int]]:
+        tokenize = self._backend.model.tokenize
+        return [[token.id for token in tokenize(byte_encode(word))] for word in words]
 
     def _decode_ids(self, ids: list[int], skip_special_tokens: bool) -> str:
         vocab_size = len(self)

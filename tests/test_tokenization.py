@@ -19,6 +19,7 @@ import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clip_core.bpe_vocab import WordIdsCache
 from clip_core.tokenization import _NEEDS_FTFY, CLIPTokenizer, tokenize
 from clip_core.tokenization_fast import _NOT_PLAIN_ASCII, _NOT_PYTHON_SAFE, CLIPTokenizerFast
 from tools.tokenizer_texts import tokenizer_corpus
@@ -155,6 +156,26 @@ def test_fast_without_python_shortcut_is_the_library(fast, hf_fast, corpus):
     plain_only = CLIPTokenizerFast()
     plain_only._python_path = False
     assert plain_only(corpus[:400])["input_ids"] == hf_fast[0](corpus[:400])["input_ids"]
+
+
+@pytest.mark.parametrize("make", [CLIPTokenizer, CLIPTokenizerFast], ids=["slow", "fast"])
+def test_word_cache_bound_keeps_ids_exact(make, hf_slow, hf_fast, corpus):
+    """A full word cache starts afresh mid-stream; batches that overflow it still get exact ids."""
+    tok = make()
+    tok._word_ids = WordIdsCache(tok._learn, max_words=60)
+    ref = (hf_slow if make is CLIPTokenizer else hf_fast)[0]
+    texts = corpus[:600]
+    largest_batch = 0
+    for batch in (texts[:40], texts[40:100], texts[:600], texts[100:140], texts[:10], texts[200:260]):
+        assert tok(batch)["input_ids"] == ref(batch)["input_ids"]
+        unbounded = make()
+        unbounded(batch)  # its cache: every distinct word (and special id) of this batch
+        largest_batch = max(largest_batch, len(unbounded._word_ids))
+        # Over the bound only by what one batch alone needs (its words are learned together).
+        assert len(tok._word_ids) <= max(60, largest_batch)
+    everything = make()
+    everything(texts)
+    assert len(everything._word_ids) > 2 * 60  # so the bound was really hit, more than once
 
 
 def test_every_ascii_character(slow, fast, hf_slow, hf_fast, openai, open_clip_tokenizer):
