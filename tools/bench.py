@@ -181,19 +181,35 @@ def finish_row(row: dict, fp32_limit: float) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = (
-        f"{'section':<14}{'what':<26}{'ours':<34}{'value':>10}  {'theirs':<38}{'value':>10}{'ratio':>8}  unit"
-    )
-    print(header)
-    print("-" * len(header))
+    def number(value, spec):
+        return format(value, spec) if value else "-"
+
+    table = [("section", "what", "ours", "value", "theirs", "value", "ratio", "unit")]
     for r in rows:
-        ours = f"{r['ours_value']:.1f}" if r.get("ours_value") else "-"
-        theirs = f"{r['theirs_value']:.1f}" if r.get("theirs_value") else "-"
-        ratio = f"{r['ratio']:.2f}x" if r.get("ratio") else "-"
-        print(
-            f"{r['section']:<14}{r['what']:<26}{r.get('ours') or '-':<34}{ours:>10}  "
-            f"{r.get('theirs') or '-':<38}{theirs:>10}{ratio:>8}  {r['unit']}"
+        table.append(
+            (
+                r["section"],
+                r["what"],
+                r.get("ours") or "-",
+                number(r.get("ours_value"), ".1f"),
+                r.get("theirs") or "-",
+                number(r.get("theirs_value"), ".1f"),
+                number(r.get("ratio"), ".2f") + ("x" if r.get("ratio") else ""),
+                r["unit"],
+            )
         )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    numeric = {3, 5, 6}
+    lines = [
+        "  ".join(
+            cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))
+        )
+        for row in table
+    ]
+    print(lines[0].rstrip())
+    print("-" * max(map(len, lines)))
+    for line in lines[1:]:
+        print(line.rstrip())
 
 
 def main(argv: list[str] | None = None) -> int:
