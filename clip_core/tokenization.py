@@ -11,9 +11,10 @@ Two modes:
   ``<start_of_text>`` / ``<end_of_text>`` (OpenAI's original package recognised ``<|startoftext|>`` /
   ``<|endoftext|>`` instead; everything else is identical).
 
-"Cleaned text" (what ``decode(encode(x))`` gives back, modulo tokens the vocabulary cannot spell):
-``ftfy.fix_text(x)`` (then ``html.unescape`` twice in openai mode), whitespace runs collapsed to one
-space, stripped, lowercased.
+"Cleaned text": ``ftfy.fix_text(x)`` (then ``html.unescape`` twice in openai mode), whitespace runs
+collapsed to one space, stripped, lowercased. ``decode(encode(x))`` gives back its words (CLIP's split)
+joined by one space, except after a literal special token, whose vocabulary entry carries no
+end-of-word mark (transformers decodes ``"x <|endoftext|> y"`` as ``"x <|endoftext|>y"``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re as std_re
-import shutil
 import tempfile
 import unicodedata
 
@@ -30,7 +29,7 @@ from .bpe_vocab import (
     openai_vocab,
     read_vocab_files,
 )
-from .files import atomic_path
+from .files import atomic_copy, atomic_path
 from .tokenization import _CLIPTokenizerBase
 
 _CLIP_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
@@ -220,8 +219,7 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
             written = []
             for path in self._backend.model.save(tmp, filename_prefix):
                 target = os.path.join(save_directory, os.path.basename(path))
-                with atomic_path(target) as partial:
-                    shutil.copyfile(path, partial)
+                atomic_copy(path, target)
                 written.append(target)
         return tuple(written)
 
