@@ -465,12 +465,17 @@ def _joined(words, literal_specials):
 @example("<|ENDOFTEXT|>0")
 @example("a<|endoftext|>b <|startoftext|> c")
 @example("<END_OF_TEXT>1 <start_of_text>z")
+@example(":<|endoftext|>")
 def test_round_trip_arbitrary_unicode(slow, fast, openai, hf_fast, text):
     """decode(encode(x)) is the cleaned, lowercased text with its words (CLIP's split) joined by one space
     (none after a literal special token, as in transformers)."""
     ids = slow.encode(text, add_special_tokens=False)
     specials = {t: t for t in ("<|startoftext|>", "<|endoftext|>")}
-    assert slow.decode(ids) == _joined(CLIP_SPLIT.findall(_clean_transformers(text)), specials)
+    # transformers cuts the special tokens (exact case) out of the raw text, then cleans each piece.
+    words = []
+    for index, chunk in enumerate(regex.split(r"(<\|startoftext\|>|<\|endoftext\|>)", text)):
+        words += [chunk] if index % 2 else CLIP_SPLIT.findall(_clean_transformers(chunk))
+    assert slow.decode(ids) == _joined(words, specials)
     oc_ids = openai.encode(text, add_special_tokens=False, padding=False, truncation=False)
     oc_words = regex.findall(
         r"<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
@@ -483,4 +488,16 @@ def test_round_trip_arbitrary_unicode(slow, fast, openai, hf_fast, text):
     assert fast.encode(text) == hf_fast[0].encode(text)
     assert fast.decode(fast.encode(text), skip_special_tokens=True) == hf_fast[0].decode(
         hf_fast[0].encode(text), skip_special_tokens=True
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=80))
+@example(":<|endoftext|>x<|startoftext|>")
+@example("ΣΑΣ &amp;amp; <end_of_text>")
+def test_arbitrary_unicode_equals_references(slow, openai, hf_slow, open_clip_tokenizer, text):
+    """The corpus parity, on text nobody chose: slow vs transformers' slow, OpenAI mode vs open_clip."""
+    assert slow.encode(text) == hf_slow[0].encode(text)
+    np.testing.assert_array_equal(
+        openai([text], return_tensors="np")["input_ids"], open_clip_tokenizer.tokenize([text]).numpy()
     )
