@@ -11,21 +11,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from clip_core.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
-from clip_core.weights import load_state_dict, save_state_dict, select_for_model
-
-CONFIG_CLASS = {
-    "clip": CLIPConfig,
-    "text": CLIPTextConfig,
-    "text_with_projection": CLIPTextConfig,
-    "vision": CLIPVisionConfig,
-    "vision_with_projection": CLIPVisionConfig,
-}
+from clip_core.names import model_kind, select_for_model
+from clip_core.weights import load_state_dict, save_state_dict
 
 
 def load_config(pretrained: str | os.PathLike, kind: str):
     """The config a model of ``kind`` needs; a tower's config is taken from a full CLIP config too."""
-    return CONFIG_CLASS[kind].from_pretrained(pretrained)
+    return model_kind(kind).config_class.from_pretrained(pretrained)
 
 
 def load_pretrained(pretrained: str | os.PathLike, kind: str, config=None):

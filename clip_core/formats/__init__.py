@@ -18,7 +18,7 @@ from clip_core.formats.h5_format import TF_MODEL_NAMES, H5Reader, save_h5
 from clip_core.formats.msgpack_format import MsgpackReader, save_msgpack
 from clip_core.formats.safetensors_format import open_safetensors, save_safetensors
 from clip_core.formats.torch_format import open_torch_bin, save_torch_bin
-from clip_core.weights import CheckpointError
+from clip_core.names import CheckpointError, infer_model_kind
 
 __all__ = ["CheckpointReader", "WEIGHTS_FILES", "open_checkpoint", "save_checkpoint", "infer_model_kind"]
 
@@ -110,18 +110,6 @@ def open_checkpoint(pretrained: str | os.PathLike, cache_dir: str | None = None)
     pretrained = os.fspath(pretrained)
     path = pretrained if os.path.isfile(pretrained) else _weights_file(pretrained, cache_dir)
     return _opener(path)(path)
-
-
-def infer_model_kind(names) -> str:
-    """ "clip", "text[_with_projection]" or "vision[_with_projection]" from the tensor names."""
-    names = set(names)
-    has_text = any(n.startswith("text_model.") for n in names)
-    has_vision = any(n.startswith("vision_model.") for n in names)
-    if "logit_scale" in names or has_text == has_vision:
-        return "clip"
-    if has_text:
-        return "text_with_projection" if "text_projection.weight" in names else "text"
-    return "vision_with_projection" if "visual_projection.weight" in names else "vision"
 
 
 def save_checkpoint(

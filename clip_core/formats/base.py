@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from clip_core.files import atomic_write_text
-from clip_core.weights import CheckpointError, is_ignored
+from clip_core.names import CheckpointError, parameter_names  # noqa: F401 - parameter_names used by the formats
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"  # transformers' default
 
@@ -76,11 +76,6 @@ def tensor_info(state: Mapping, name: str) -> tuple[tuple[int, ...], np.dtype]:
         return state.info(name)
     array = np.asarray(state[name])
     return tuple(array.shape), array.dtype
-
-
-def parameter_names(state: Mapping) -> list[str]:
-    """Names to write: buffers that old checkpoints carry (position_ids) are not parameters."""
-    return [name for name in state.keys() if not is_ignored(name)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,8 +22,7 @@ import numpy as np
 
 from clip_core.files import atomic_path
 from clip_core.formats.base import CheckpointReader, extended_dtype, is_bfloat16, parameter_names, tensor_info
-from clip_core.weights import (
-    CheckpointError,
+from clip_core.layouts import (
     canonical_name_from_tf,
     from_tf_layout,
     param_kind,
@@ -31,20 +30,14 @@ from clip_core.weights import (
     tf_weight_name,
     to_tf_layout,
 )
+from clip_core.names import MODEL_KINDS, CheckpointError
 
 FILENAME = "tf_model.h5"
 MAIN_LAYER = "clip"
 KERAS_VERSION = "2.21.0"  # the tf-keras whose legacy h5 weights format this mirrors
 HDF5_OBJECT_HEADER_LIMIT = 64512  # bytes per attribute, as Keras splits long attribute lists
 
-# transformers' Keras model names (snake case of the class name) by model kind.
-TF_MODEL_NAMES = {
-    "clip": "tfclip_model",
-    "text": "tfclip_text_model",
-    "text_with_projection": "tfclip_text_model_with_projection",
-    "vision": "tfclip_vision_model",
-    "vision_with_projection": "tfclip_vision_model_with_projection",
-}
+TF_MODEL_NAMES = {kind.name: kind.tf_model_name for kind in MODEL_KINDS.values()}
 
 _BF16_FIELDS = (15, 7, 8, 0, 7)  # sign position, exponent position/size, mantissa position/size
 

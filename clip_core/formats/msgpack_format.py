@@ -20,14 +20,14 @@ import numpy as np
 
 from clip_core.files import atomic_path
 from clip_core.formats.base import CheckpointReader, extended_dtype, parameter_names, tensor_info
-from clip_core.weights import (
-    CheckpointError,
+from clip_core.layouts import (
     canonical_name_from_flax,
     flax_path,
     from_channels_last,
     shape_from_channels_last,
     to_channels_last,
 )
+from clip_core.names import CheckpointError
 
 FILENAME = "flax_model.msgpack"
 EXT_NDARRAY, EXT_NPSCALAR = 1, 3

@@ -23,7 +23,7 @@ from clip_core.formats.base import (
     save_maybe_sharded,
     tensor_info,
 )
-from clip_core.weights import CheckpointError
+from clip_core.names import CheckpointError
 
 FILENAME = "model.safetensors"
 

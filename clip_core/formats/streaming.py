@@ -35,7 +35,8 @@ from clip_core.formats.base import (
     tensor_info,
 )
 from clip_core.formats.torch_format import TorchBinReader, tensor_to_numpy
-from clip_core.weights import CheckpointError, to_channels_last
+from clip_core.layouts import to_channels_last
+from clip_core.names import CheckpointError
 
 # ---------------------------------------------------------------------------------------------
 # safetensors, read without a memory map

@@ -17,7 +17,7 @@ from clip_core.formats.base import (
     extended_dtype,
     save_maybe_sharded,
 )
-from clip_core.weights import CheckpointError
+from clip_core.names import CheckpointError
 
 FILENAME = "pytorch_model.bin"
 
