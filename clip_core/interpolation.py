@@ -9,6 +9,8 @@ resizing is separable: resizing a [h, w] grid to [H, W] is ``Wh @ grid @ Ww.T`` 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 # PyTorch's cubic convolution coefficient (OpenCV's too); Keys' paper and TF use -0.5.
@@ -51,3 +53,13 @@ def bicubic_resize_matrix(in_size: int, out_size: int, a: float = TORCH_CUBIC_A)
         cols = np.clip(base.astype(np.int64) + offset, 0, in_size - 1)
         np.add.at(matrix, (rows, cols), weight.astype(np.float64))
     return matrix.astype(np.float32)
+
+
+def position_grid_resize(num_patches: int, grid_h: int, grid_w: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows [grid_h, side], cols [grid_w, side]) resizing the trained side x side position grid,
+    or None when the grid already has that size. A backend applies them to the patch positions
+    (all but the class position) as ``einsum("oi,ijd,pj->opd", rows, grid, cols)``."""
+    side = math.isqrt(num_patches)
+    if (grid_h, grid_w) == (side, side):
+        return None
+    return bicubic_resize_matrix(side, grid_h), bicubic_resize_matrix(side, grid_w)

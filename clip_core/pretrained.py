@@ -1,7 +1,17 @@
 """The framework-free half of every backend's ``from_pretrained`` / ``save_pretrained``.
 
-A backend asks for (config, canonical numpy state) and turns the arrays into its own tensors; on
-save it hands back canonical arrays. Config choice, file formats and checks live here, once.
+``PretrainedModelMixin`` gives a backend's model classes transformers' loading and saving flow;
+the backend supplies small hooks that are truly framework code:
+
+- ``_loading_options(*args, **kwargs)`` (classmethod, optional): check and normalise the loading
+  options (a dtype name, ...) before any file is read;
+- ``_for_loading(config, *args, **kwargs)`` (classmethod): an instance ready to receive weights
+  (no random initialisation where the framework can skip it);
+- ``_assign_canonical_state(state)``: take canonical numpy arrays (names and shapes already
+  checked against the model here) as the parameters;
+- ``canonical_state()``: the parameters as canonical numpy arrays.
+
+Config choice, checkpoint files, name and shape checks and atomic writes live here, once.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from clip_core.modeling_utils import as_config
 from clip_core.names import model_kind, select_for_model
 from clip_core.weights import load_state_dict, save_state_dict
 
@@ -22,7 +33,10 @@ def load_config(pretrained: str | os.PathLike, kind: str):
 
 def load_pretrained(pretrained: str | os.PathLike, kind: str, config=None):
     """(config, state) for a model of ``kind``: state holds exactly its canonical tensors, checked."""
-    config = config if config is not None else load_config(pretrained, kind)
+    if config is None:
+        config = load_config(pretrained, kind)
+    else:
+        config = as_config(config, model_kind(kind).config_class)
     state = load_state_dict(pretrained)
     return config, select_for_model(state, config, kind)
 
@@ -36,3 +50,58 @@ def save_pretrained(
     os.makedirs(folder, exist_ok=True)
     written = save_state_dict(state, folder, **save_kwargs)
     return written + [config.save_pretrained(folder)]
+
+
+class PretrainedModelMixin:
+    """from_pretrained / save_pretrained / load_canonical_state over the backend's three hooks."""
+
+    model_kind = "clip"
+    default_formats: tuple[str, ...] = ("safetensors",)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """A model with the weights of a checkpoint folder (config.json + model.safetensors,
+        pytorch_model.bin, tf_model.h5 or flax_model.msgpack, sharded or not) or a cached Hub id."""
+        model_args, kwargs = cls._loading_options(*model_args, **kwargs)  # bad options fail before any read
+        config, state = load_pretrained(pretrained_model_name_or_path, cls.model_kind, config)
+        model = cls._for_loading(config, *model_args, **kwargs)
+        model._assign_canonical_state(state)
+        return model._after_loading()
+
+    @classmethod
+    def _loading_options(cls, *args, **kwargs) -> tuple[tuple, dict]:
+        return args, kwargs
+
+    @classmethod
+    def _for_loading(cls, config, *args, **kwargs):
+        return cls(config, *args, **kwargs)
+
+    def _after_loading(self):
+        return self
+
+    def load_canonical_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Take canonical numpy arrays (checked by name and shape against the model) as the parameters."""
+        self._assign_canonical_state(select_for_model(state, self.config, self.model_kind))
+
+    def _assign_canonical_state(self, state: Mapping[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def canonical_state(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def save_pretrained(self, save_directory, formats=None, max_shard_size=None) -> list[str]:
+        """Write config.json and the weights (canonical names) in ``formats``: any of "safetensors",
+        "pytorch", "tf", "flax"; each file lands atomically. Returns the paths written."""
+        return self._save(save_directory, self.canonical_state(), formats, max_shard_size)
+
+    def _save(self, save_directory, state, formats=None, max_shard_size=None) -> list[str]:
+        formats = self.default_formats if formats is None else formats
+        formats = (formats,) if isinstance(formats, str) else tuple(formats)
+        return save_pretrained(
+            save_directory,
+            self.config,
+            state,
+            formats=formats,
+            model_kind=self.model_kind,
+            max_shard_size=max_shard_size,
+        )

@@ -1,12 +1,34 @@
 """Input checks shared by the three backends, so that bad input fails the same way everywhere.
 
 They look at shapes (and, where the framework can tell without tracing, at values) and raise
-``ValueError`` naming the bad thing, before any framework op can fail obscurely.
+``ValueError`` naming the bad thing, before any framework op can fail obscurely. A backend passes
+what it knows: ``check_text_inputs`` takes the shapes (None for an absent input, None for a
+dimension unknown while tracing) and, when the ids are concrete, their (min, max) and whether they
+are integers; ``check_pixel_values`` the pixel shape.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+Shape = Sequence[int | None]
+
+
+def check_text_inputs(
+    config,
+    input_ids: Shape | None,
+    attention_mask: Shape | None = None,
+    position_ids: Shape | None = None,
+    id_range: tuple[int, int] | None = None,
+    integer_ids: bool = True,
+) -> None:
+    """input_ids (given, integer, [batch, seq], in the vocabulary) and the masks that go with them."""
+    require_inputs(input_ids=input_ids)
+    if not integer_ids:
+        raise ValueError("input_ids must be integer token ids, got a floating-point or complex tensor")
+    check_input_ids(input_ids, config, id_range)
+    check_attention_mask(attention_mask, input_ids)
+    check_position_ids(position_ids, input_ids)
 
 
 def check_input_ids(shape: Sequence[int], config, id_range: tuple[int, int] | None = None) -> None:
@@ -48,8 +70,15 @@ def check_position_ids(shape: Sequence[int] | None, ids_shape: Sequence[int]) ->
         )
 
 
-def check_pixel_values(shape: Sequence[int], config, interpolate_pos_encoding: bool = False) -> None:
-    """``pixel_values`` must be channels-first [batch, channels, height, width] of the config's size."""
+def check_pixel_values(shape: Shape | None, config, interpolate_pos_encoding: bool = False) -> None:
+    """``pixel_values`` must be channels-first [batch, channels, height, width] of the config's size.
+
+    Dimensions unknown while tracing (None) are taken to be the expected ones.
+    """
+    require_inputs(pixel_values=shape)
+    if len(shape) == 4:
+        expected = (0, config.num_channels, config.image_size, config.image_size)
+        shape = tuple(e if s is None else s for s, e in zip(shape, expected))
     if len(shape) != 4:
         raise ValueError(
             f"pixel_values must have 4 dimensions [batch, channels, height, width], got shape {tuple(shape)}"
@@ -70,8 +99,8 @@ def check_pixel_values(shape: Sequence[int], config, interpolate_pos_encoding: b
         )
 
 
-def check_loss_batches(num_texts: int, num_images: int) -> None:
-    if num_texts != num_images:
+def check_loss_batches(num_texts: int | None, num_images: int | None) -> None:
+    if None not in (num_texts, num_images) and num_texts != num_images:
         raise ValueError(
             f"return_loss needs as many texts as images (matching pairs), got {num_texts} texts and {num_images} images"
         )

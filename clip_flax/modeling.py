@@ -1,10 +1,13 @@
 """CLIP on Flax Linen: FlaxCLIPModel, FlaxCLIPTextModel(WithProjection), FlaxCLIPVisionModel(WithProjection).
 
-The building blocks mirror clip_tf/modeling.py in the same order and with the same names:
-activations, embeddings, attention, MLP, encoder layer, encoder, text transformer, vision
-transformer, public classes. Every submodule is named after its canonical (transformers PyTorch)
-module, so the params tree is exactly ``clip_core.weights.to_flax_params`` of the canonical state
-(and transformers' flax_model.msgpack): ``text_model/encoder/layers/0/self_attn/q_proj/kernel``.
+The building blocks mirror clip_torch/modeling.py and clip_tf/modeling.py in the same order and
+with the same names: embeddings, attention, MLP, encoder layer, encoder, text transformer, vision
+transformer, loss, public classes. Every submodule is named after its canonical (transformers
+PyTorch) module, so the params tree is exactly ``clip_core.layouts.to_flax_params`` of the
+canonical state (and transformers' flax_model.msgpack):
+``text_model/encoder/layers/0/self_attn/q_proj/kernel``. What is not framework code (config
+coercion, output options, input checks, init rules, from_pretrained / save_pretrained) lives in
+clip_core.
 
 Two layers of API, as in transformers: Linen modules (``FlaxCLIPModule`` ...) for users who manage
 params themselves (``module.apply({"params": params}, ...)``), and thin wrappers
@@ -13,133 +16,99 @@ jit-compatible: shapes are checked in Python (they are static under tracing), id
 the ids are concrete.
 
 ``dtype`` is the compute dtype (e.g. bfloat16), ``param_dtype`` the dtype the params are kept in.
-Softmax, the final L2 normalisation, the logits and the loss run in float32 whatever ``dtype`` is.
+Attention scales the queries, adds the mask in the compute dtype and takes the softmax in float32
+(as the other backends); the final L2 normalisation, the logits and the loss run in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.core import unfreeze
 
-from clip_core import outputs as _outputs
-from clip_core import validation
-from clip_core.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
-from clip_core.interpolation import bicubic_resize_matrix
-from clip_core.outputs import (
-    BaseModelOutputWithPooling,
-    CLIPOutput,
-    CLIPTextModelOutput,
-    CLIPVisionModelOutput,
+from clip_core import outputs, validation
+from clip_core.config import CLIPTextConfig, CLIPVisionConfig
+from clip_core.interpolation import position_grid_resize
+from clip_core.modeling_utils import (
+    activation,
+    activations,
+    as_requested,
+    clip_output,
+    output_flags,
+    run_layers,
+    text_output,
+    vision_output,
 )
-from clip_core.pretrained import load_pretrained, save_pretrained
-from clip_core.weights import from_flax_params, to_flax_params
+from clip_flax.pretrained import FlaxCLIPPreTrainedModel, ids_array, pixels_array
+
+# The output containers as pytrees, so that jax.jit (and grad, vmap...) can return them.
+for _output in (
+    outputs.BaseModelOutput,
+    outputs.BaseModelOutputWithPooling,
+    outputs.CLIPTextModelOutput,
+    outputs.CLIPVisionModelOutput,
+    outputs.CLIPOutput,
+):
+    with contextlib.suppress(ValueError):  # already registered (the module reloaded)
+        jax.tree_util.register_dataclass(_output, [f.name for f in dataclasses.fields(_output)], [])
+
+ACTIVATIONS = activations(
+    sigmoid=jax.nn.sigmoid,
+    tanh=jnp.tanh,
+    gelu_erf=lambda x: jax.nn.gelu(x, approximate=False),
+    gelu_tanh=lambda x: jax.nn.gelu(x, approximate=True),
+    relu=jax.nn.relu,
+)
 
 # ---------------------------------------------------------------------------------------------
-# Output containers as pytrees, so that jax.jit (and grad, vmap...) can return them
+# Layer helpers. Linen's own initialisers give ``module.init`` a usable random model; the
+# wrappers' init_weights draws every parameter by clip_core's rules (as transformers' PyTorch).
 
 
-def _register_output_pytrees() -> None:
-    for cls in (
-        _outputs.BaseModelOutput,
-        BaseModelOutputWithPooling,
-        CLIPTextModelOutput,
-        CLIPVisionModelOutput,
-        CLIPOutput,
-    ):
-        names = tuple(f.name for f in dataclasses.fields(cls))
-        try:
-            jax.tree_util.register_pytree_with_keys(
-                cls,
-                lambda o, names=names: (
-                    tuple((jax.tree_util.GetAttrKey(n), getattr(o, n)) for n in names),
-                    None,
-                ),
-                lambda _, children, cls=cls: cls(*children),
-            )
-        except ValueError:  # already registered (e.g. by another module of this process)
-            pass
+def _normal(module: nn.Module):
+    config = getattr(module.config, "text_config", module.config)  # a CLIPConfig has no initializer_range
+    return nn.initializers.normal(stddev=config.initializer_range)
 
 
-_register_output_pytrees()
-
-# ---------------------------------------------------------------------------------------------
-# Activations
-
-
-def quick_gelu(x):
-    return x * jax.nn.sigmoid(1.702 * x)
-
-
-def gelu_tanh(x):
-    return jax.nn.gelu(x, approximate=True)
-
-
-def gelu_fast(x):
-    # transformers' "gelu_fast": the tanh approximation written with a rounded sqrt(2/pi).
-    return 0.5 * x * (1.0 + jnp.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
-
-
-ACTIVATIONS = {
-    "quick_gelu": quick_gelu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": gelu_tanh,
-    "gelu_pytorch_tanh": gelu_tanh,
-    "gelu_fast": gelu_fast,
-    "relu": jax.nn.relu,
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# Layer helpers (initialisers as transformers' PyTorch _init_weights)
-
-
-def _normal(std: float):
-    return nn.initializers.normal(stddev=std)
-
-
-def _dense(module: nn.Module, units: int, std: float, use_bias: bool = True) -> nn.Dense:
-    return nn.Dense(
-        units,
-        use_bias=use_bias,
-        kernel_init=_normal(std),
-        dtype=module.dtype,
-        param_dtype=module.param_dtype,
-    )
+def _dense(module: nn.Module, units: int, use_bias: bool = True) -> nn.Dense:
+    kwargs = dict(dtype=module.dtype, param_dtype=module.param_dtype)
+    return nn.Dense(units, use_bias=use_bias, kernel_init=_normal(module), **kwargs)
 
 
 def _layer_norm(module: nn.Module) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=module.config.layer_norm_eps, dtype=module.dtype, param_dtype=module.param_dtype
-    )
+    kwargs = dict(dtype=module.dtype, param_dtype=module.param_dtype)
+    return nn.LayerNorm(epsilon=module.config.layer_norm_eps, **kwargs)
 
 
-def _embed(module: nn.Module, num: int, features: int, std: float) -> nn.Embed:
-    return nn.Embed(
-        num, features, embedding_init=_normal(std), dtype=module.dtype, param_dtype=module.param_dtype
-    )
+def _embed(module: nn.Module, count: int) -> nn.Embed:
+    kwargs = dict(dtype=module.dtype, param_dtype=module.param_dtype)
+    return nn.Embed(count, module.config.hidden_size, embedding_init=_normal(module), **kwargs)
+
+
+class _Block(nn.Module):
+    """A building block: a tower's config, the compute and param dtypes."""
+
+    config: Any
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def _kwargs(self) -> dict:
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 # ---------------------------------------------------------------------------------------------
 # Embeddings
 
 
-class CLIPTextEmbeddings(nn.Module):
-    config: CLIPTextConfig
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
+class CLIPTextEmbeddings(_Block):
     def setup(self):
-        cfg = self.config
-        std = cfg.initializer_range * cfg.initializer_factor
-        self.token_embedding = _embed(self, cfg.vocab_size, cfg.hidden_size, std)
-        self.position_embedding = _embed(self, cfg.max_position_embeddings, cfg.hidden_size, std)
+        self.token_embedding = _embed(self, self.config.vocab_size)
+        self.position_embedding = _embed(self, self.config.max_position_embeddings)
 
     def __call__(self, input_ids, position_ids=None):
         if position_ids is None:
@@ -147,21 +116,13 @@ class CLIPTextEmbeddings(nn.Module):
         return self.token_embedding(input_ids) + self.position_embedding(position_ids)
 
 
-class CLIPVisionEmbeddings(nn.Module):
+class CLIPVisionEmbeddings(_Block):
     """Patches (a strided conv) + class token + position embeddings, from channels-first pixels."""
-
-    config: CLIPVisionConfig
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     def setup(self):
         cfg = self.config
-        std = cfg.initializer_range * cfg.initializer_factor
         self.class_embedding = self.param(
-            "class_embedding",
-            _normal(cfg.hidden_size**-0.5 * cfg.initializer_factor),
-            (cfg.hidden_size,),
-            self.param_dtype,
+            "class_embedding", _normal(self), (cfg.hidden_size,), self.param_dtype
         )
         self.patch_embedding = nn.Conv(
             cfg.hidden_size,
@@ -169,19 +130,18 @@ class CLIPVisionEmbeddings(nn.Module):
             strides=(cfg.patch_size, cfg.patch_size),
             padding="VALID",
             use_bias=False,
-            kernel_init=_normal(std),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
+            kernel_init=_normal(self),
+            **self._kwargs(),
         )
-        self.position_embedding = _embed(self, cfg.num_patches + 1, cfg.hidden_size, std)
+        self.position_embedding = _embed(self, cfg.num_patches + 1)
 
     def __call__(self, pixel_values, interpolate_pos_encoding=False):
         # Channels-first in (like transformers); XLA's convolutions want channels-last.
         pixels = jnp.transpose(pixel_values.astype(self.dtype), (0, 2, 3, 1))
-        patches = self.patch_embedding(pixels)  # [batch, grid_h, grid_w, hidden]
-        batch, grid_h, grid_w, hidden = patches.shape
-        patches = patches.reshape(batch, grid_h * grid_w, hidden)
-        class_token = jnp.broadcast_to(self.class_embedding.astype(self.dtype), (batch, 1, hidden))
+        patches = self.patch_embedding(pixels)  # (B, grid_h, grid_w, C)
+        batch, grid_h, grid_w, width = patches.shape
+        patches = patches.reshape(batch, grid_h * grid_w, width)
+        class_token = jnp.broadcast_to(self.class_embedding.astype(self.dtype), (batch, 1, width))
         positions = self.position_embedding(jnp.arange(self.config.num_patches + 1))
         if interpolate_pos_encoding:
             positions = self.resized_positions(positions, grid_h, grid_w)
@@ -189,11 +149,11 @@ class CLIPVisionEmbeddings(nn.Module):
 
     def resized_positions(self, positions, grid_h: int, grid_w: int):
         """Position embeddings for a grid_h x grid_w patch grid: the trained grid, resized bicubically."""
-        side = math.isqrt(self.config.num_patches)
-        if (grid_h, grid_w) == (side, side):
+        resize = position_grid_resize(self.config.num_patches, grid_h, grid_w)
+        if resize is None:
             return positions
-        rows = jnp.asarray(bicubic_resize_matrix(side, grid_h), positions.dtype)
-        cols = jnp.asarray(bicubic_resize_matrix(side, grid_w), positions.dtype)
+        rows, cols = (jnp.asarray(m, positions.dtype) for m in resize)  # (grid_h, side), (grid_w, side)
+        side = rows.shape[1]
         grid = positions[1:].reshape(side, side, -1)
         resized = jnp.einsum("oi,ijd,pj->opd", rows, grid, cols, precision=jax.lax.Precision.HIGHEST)
         return jnp.concatenate([positions[:1], resized.reshape(grid_h * grid_w, -1)], axis=0)
@@ -203,85 +163,56 @@ class CLIPVisionEmbeddings(nn.Module):
 # Attention, MLP, encoder layer, encoder
 
 
-class CLIPAttention(nn.Module):
-    """Multi-head self-attention; ``attention_bias`` (float32) is added to the scores (0 or a large negative)."""
-
-    config: CLIPTextConfig | CLIPVisionConfig
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+class CLIPAttention(_Block):
+    """Multi-head self-attention; ``attention_bias`` is added to the scores (0 or a large negative)."""
 
     def setup(self):
-        cfg = self.config
-        in_std = cfg.hidden_size**-0.5 * (2 * cfg.num_hidden_layers) ** -0.5 * cfg.initializer_factor
-        out_std = cfg.hidden_size**-0.5 * cfg.initializer_factor
-        self.k_proj = _dense(self, cfg.hidden_size, in_std)
-        self.v_proj = _dense(self, cfg.hidden_size, in_std)
-        self.q_proj = _dense(self, cfg.hidden_size, in_std)
-        self.out_proj = _dense(self, cfg.hidden_size, out_std)
-        self.dropout = nn.Dropout(rate=cfg.attention_dropout)
+        width = self.config.hidden_size
+        self.k_proj = _dense(self, width)
+        self.v_proj = _dense(self, width)
+        self.q_proj = _dense(self, width)
+        self.out_proj = _dense(self, width)
+        self.dropout = nn.Dropout(rate=self.config.attention_dropout)
 
-    def _split_heads(self, x):
-        # [batch, seq, hidden] -> [batch, seq, heads, head_dim]
+    def _heads(self, x):  # (B, T, C) -> (B, T, heads, head_dim)
         return x.reshape(*x.shape[:2], self.config.num_attention_heads, self.config.head_dim)
 
     def __call__(self, hidden_states, attention_bias=None, deterministic=True, output_attentions=False):
-        # Scaling the query (seq x head_dim) costs less than scaling the scores (seq x seq).
-        query = self._split_heads(
-            self.q_proj(hidden_states) * jnp.asarray(self.config.head_dim**-0.5, self.dtype)
-        )
-        key = self._split_heads(self.k_proj(hidden_states))
-        value = self._split_heads(self.v_proj(hidden_states))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key)
-        # Softmax in float32 even when computing in bf16/fp16 (as transformers does).
-        scores = scores.astype(jnp.float32)
+        query = self._heads(self.q_proj(hidden_states) * jnp.asarray(self.config.head_dim**-0.5, self.dtype))
+        key = self._heads(self.k_proj(hidden_states))
+        value = self._heads(self.v_proj(hidden_states))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key)  # (B, heads, T, T)
         if attention_bias is not None:
             scores = scores + attention_bias
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        probs_used = self.dropout(probs, deterministic=deterministic or self.config.attention_dropout == 0)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs_used, value)
+        probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
+        dropped = self.dropout(probs, deterministic=deterministic or not self.config.attention_dropout)
+        context = jnp.einsum("bhqk,bkhd->bqhd", dropped, value)
         context = context.reshape(*context.shape[:2], self.config.hidden_size)
         return self.out_proj(context), (probs if output_attentions else None)
 
 
-class CLIPMLP(nn.Module):
-    config: CLIPTextConfig | CLIPVisionConfig
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
+class CLIPMLP(_Block):
     def setup(self):
-        cfg = self.config
-        factor = cfg.initializer_factor
-        self.activation = ACTIVATIONS[cfg.hidden_act]
-        self.fc1 = _dense(self, cfg.intermediate_size, (2 * cfg.hidden_size) ** -0.5 * factor)
-        self.fc2 = _dense(
-            self, cfg.hidden_size, cfg.hidden_size**-0.5 * (2 * cfg.num_hidden_layers) ** -0.5 * factor
-        )
+        self.activation = activation(ACTIVATIONS, self.config.hidden_act)
+        self.fc1 = _dense(self, self.config.intermediate_size)
+        self.fc2 = _dense(self, self.config.hidden_size)
 
     def __call__(self, hidden_states):
         return self.fc2(self.activation(self.fc1(hidden_states)))
 
 
-class CLIPEncoderLayer(nn.Module):
+class CLIPEncoderLayer(_Block):
     """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
-    config: CLIPTextConfig | CLIPVisionConfig
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
     def setup(self):
-        kwargs = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.self_attn = CLIPAttention(self.config, **kwargs)
+        self.self_attn = CLIPAttention(self.config, **self._kwargs())
         self.layer_norm1 = _layer_norm(self)
-        self.mlp = CLIPMLP(self.config, **kwargs)
+        self.mlp = CLIPMLP(self.config, **self._kwargs())
         self.layer_norm2 = _layer_norm(self)
 
     def __call__(self, hidden_states, attention_bias=None, deterministic=True, output_attentions=False):
-        attended, probs = self.self_attn(
-            self.layer_norm1(hidden_states),
-            attention_bias,
-            deterministic=deterministic,
-            output_attentions=output_attentions,
-        )
+        normed = self.layer_norm1(hidden_states)
+        attended, probs = self.self_attn(normed, attention_bias, deterministic, output_attentions)
         hidden_states = hidden_states + attended
         hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
         return hidden_states, probs
@@ -292,18 +223,15 @@ class CLIPEncoderLayer(nn.Module):
 RematCLIPEncoderLayer = nn.remat(CLIPEncoderLayer, static_argnums=(3, 4))
 
 
-class CLIPEncoderLayers(nn.Module):
+class CLIPEncoderLayers(_Block):
     """The layer stack, named "0", "1", ... (transformers' Flax tree: ``encoder/layers/<i>``)."""
 
-    config: CLIPTextConfig | CLIPVisionConfig
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
     remat: bool = False
 
     def setup(self):
         layer_cls = RematCLIPEncoderLayer if self.remat else CLIPEncoderLayer
         self.layers = [
-            layer_cls(self.config, dtype=self.dtype, param_dtype=self.param_dtype, name=str(i))
+            layer_cls(self.config, **self._kwargs(), name=str(i))
             for i in range(self.config.num_hidden_layers)
         ]
 
@@ -316,48 +244,21 @@ class CLIPEncoderLayers(nn.Module):
         output_hidden_states=False,
     ):
         """(last hidden state, all hidden states or None, attention maps or None)."""
-        all_hidden = [hidden_states] if output_hidden_states else None
-        all_attentions = [] if output_attentions else None
-        for layer in self.layers:
-            # Positional: nn.remat's static arguments cannot be keywords.
-            hidden_states, probs = layer(hidden_states, attention_bias, deterministic, output_attentions)
-            if output_hidden_states:
-                all_hidden.append(hidden_states)
-            if output_attentions:
-                all_attentions.append(probs)
-        return (
-            hidden_states,
-            tuple(all_hidden) if output_hidden_states else None,
-            tuple(all_attentions) if output_attentions else None,
-        )
+
+        def call(layer, x):  # positional: nn.remat's static arguments cannot be keywords
+            return layer(x, attention_bias, deterministic, output_attentions)
+
+        return run_layers(self.layers, hidden_states, call, output_attentions, output_hidden_states)
 
 
-class CLIPEncoder(nn.Module):
-    config: CLIPTextConfig | CLIPVisionConfig
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+class CLIPEncoder(_Block):
     remat: bool = False
 
     def setup(self):
-        self.layers = CLIPEncoderLayers(
-            self.config, dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat
-        )
+        self.layers = CLIPEncoderLayers(self.config, **self._kwargs(), remat=self.remat)
 
-    def __call__(
-        self,
-        hidden_states,
-        attention_bias=None,
-        deterministic=True,
-        output_attentions=False,
-        output_hidden_states=False,
-    ):
-        return self.layers(
-            hidden_states,
-            attention_bias=attention_bias,
-            deterministic=deterministic,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+    def __call__(self, hidden_states, attention_bias=None, deterministic=True, **flags):
+        return self.layers(hidden_states, attention_bias, deterministic, **flags)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,35 +266,31 @@ class CLIPEncoder(nn.Module):
 
 
 def text_attention_bias(seq_len, attention_mask, dtype=jnp.float32):
-    """Causal mask plus padding mask, as an additive [batch or 1, 1, seq, seq] bias.
+    """Causal mask plus padding mask, as an additive (B or 1, 1, T, T) bias in the compute dtype.
 
-    Masked scores get the dtype's most negative value, like transformers' PyTorch model (a key
-    masked both ways gets -inf, a row whose every visible key is padding attends uniformly to them).
+    Masked scores get the dtype's most negative value, as in transformers (a key masked both ways
+    gets -inf; a row whose every visible key is padding attends uniformly to them).
     """
-    most_negative = jnp.finfo(dtype).min
-    visible = jnp.tril(jnp.ones((seq_len, seq_len), bool))
-    bias = jnp.where(visible, jnp.zeros((), dtype), jnp.asarray(most_negative, dtype))[None, None]
+    most_negative = jnp.asarray(jnp.finfo(dtype).min, dtype)
+    bias = jnp.where(jnp.tril(jnp.ones((seq_len, seq_len), bool)), jnp.zeros((), dtype), most_negative)[
+        None, None
+    ]
     if attention_mask is not None:
-        padding = (1.0 - attention_mask.astype(dtype))[:, None, None, :] * most_negative
-        bias = bias + padding
+        bias = bias + (1.0 - attention_mask.astype(dtype))[:, None, None, :] * most_negative
     return bias
 
 
 def first_index_where(condition):
-    """Index of the first True per row ([batch, seq] -> [batch]); 0 for a row with none (as torch's argmax)."""
+    """Index of the first True per row ((B, T) -> (B,)); 0 for a row with none (as torch's argmax)."""
     return jnp.argmax(condition, axis=-1)
 
 
-class CLIPTextTransformer(nn.Module):
-    config: CLIPTextConfig
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+class CLIPTextTransformer(_Block):
     remat: bool = False
 
     def setup(self):
-        kwargs = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.embeddings = CLIPTextEmbeddings(self.config, **kwargs)
-        self.encoder = CLIPEncoder(self.config, remat=self.remat, **kwargs)
+        self.embeddings = CLIPTextEmbeddings(self.config, **self._kwargs())
+        self.encoder = CLIPEncoder(self.config, **self._kwargs(), remat=self.remat)
         self.final_layer_norm = _layer_norm(self)
 
     def __call__(
@@ -406,41 +303,32 @@ class CLIPTextTransformer(nn.Module):
         output_hidden_states=False,
     ):
         hidden_states = self.embeddings(input_ids, position_ids=position_ids)
-        bias = text_attention_bias(input_ids.shape[-1], attention_mask)
+        bias = text_attention_bias(input_ids.shape[-1], attention_mask, self.dtype)
         last, all_hidden, attentions = self.encoder(
             hidden_states,
-            attention_bias=bias,
-            deterministic=deterministic,
+            bias,
+            deterministic,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
         last = self.final_layer_norm(last)
         pooled = jnp.take_along_axis(last, self.pooling_positions(input_ids)[:, None, None], axis=1)[:, 0]
-        return BaseModelOutputWithPooling(
-            last_hidden_state=last, pooler_output=pooled, hidden_states=all_hidden, attentions=attentions
-        )
+        return outputs.BaseModelOutputWithPooling(last, pooled, all_hidden, attentions)
 
     def pooling_positions(self, input_ids):
         """Where each text is pooled: its first eos token, or argmax(input_ids) for legacy configs."""
-        if self.config.uses_legacy_eos_pooling:
-            # OpenAI's rule: the end-of-text token has the largest id.
-            is_target = input_ids == jnp.max(input_ids, axis=-1, keepdims=True)
-        else:
-            is_target = input_ids == self.config.eos_token_id
-        return first_index_where(is_target)
+        if self.config.uses_legacy_eos_pooling:  # OpenAI's rule: end-of-text has the largest id
+            return first_index_where(input_ids == jnp.max(input_ids, axis=-1, keepdims=True))
+        return first_index_where(input_ids == self.config.eos_token_id)
 
 
-class CLIPVisionTransformer(nn.Module):
-    config: CLIPVisionConfig
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+class CLIPVisionTransformer(_Block):
     remat: bool = False
 
     def setup(self):
-        kwargs = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.embeddings = CLIPVisionEmbeddings(self.config, **kwargs)
+        self.embeddings = CLIPVisionEmbeddings(self.config, **self._kwargs())
         self.pre_layrnorm = _layer_norm(self)  # sic: the canonical name
-        self.encoder = CLIPEncoder(self.config, remat=self.remat, **kwargs)
+        self.encoder = CLIPEncoder(self.config, **self._kwargs(), remat=self.remat)
         self.post_layernorm = _layer_norm(self)
 
     def __call__(
@@ -451,51 +339,25 @@ class CLIPVisionTransformer(nn.Module):
         output_hidden_states=False,
         interpolate_pos_encoding=False,
     ):
-        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        hidden_states = self.pre_layrnorm(hidden_states)
+        hidden_states = self.pre_layrnorm(self.embeddings(pixel_values, interpolate_pos_encoding))
         last, all_hidden, attentions = self.encoder(
             hidden_states,
-            deterministic=deterministic,
+            None,
+            deterministic,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
         pooled = self.post_layernorm(last[:, 0, :])
-        return BaseModelOutputWithPooling(
-            last_hidden_state=last, pooler_output=pooled, hidden_states=all_hidden, attentions=attentions
-        )
+        return outputs.BaseModelOutputWithPooling(last, pooled, all_hidden, attentions)
 
 
 # ---------------------------------------------------------------------------------------------
-# Input checks (clip_core.validation) on what JAX knows while tracing: shapes always, ids when concrete
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _check_text_inputs(config, input_ids, attention_mask=None, position_ids=None):
-    validation.require_inputs(input_ids=input_ids)
-    shape = tuple(np.shape(input_ids))
-    id_range = None
-    if _is_concrete(input_ids) and len(shape) == 2 and np.size(input_ids):
-        ids = np.asarray(input_ids)
-        id_range = (int(ids.min()), int(ids.max()))
-    validation.check_input_ids(shape, config, id_range)
-    validation.check_attention_mask(
-        None if attention_mask is None else tuple(np.shape(attention_mask)), shape
-    )
-    validation.check_position_ids(None if position_ids is None else tuple(np.shape(position_ids)), shape)
-
-
-def _check_pixel_values(config, pixel_values, interpolate_pos_encoding):
-    validation.require_inputs(pixel_values=pixel_values)
-    validation.check_pixel_values(tuple(np.shape(pixel_values)), config, bool(interpolate_pos_encoding))
+# Loss
 
 
 def contrastive_loss(logits):
     """Mean cross-entropy of each row against the diagonal (float32)."""
-    logits = jnp.asarray(logits, jnp.float32)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    log_probs = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
     return -jnp.mean(jnp.diagonal(log_probs))
 
 
@@ -505,24 +367,49 @@ def clip_loss(logits_per_text):
     return (contrastive_loss(logits) + contrastive_loss(logits.T)) / 2.0
 
 
-def _l2_normalize(x):
+def l2_normalize(x):
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
 # ---------------------------------------------------------------------------------------------
-# Linen modules of the public classes
+# Linen modules of the public classes (input checks on what JAX knows while tracing: shapes
+# always, id values when concrete)
 
 
-class FlaxCLIPTextModule(nn.Module):
-    config: CLIPTextConfig
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+def _shape(x):
+    return None if x is None else tuple(np.shape(x))
+
+
+def _check_text(config, input_ids, attention_mask, position_ids):
+    id_range, integer = None, True
+    if input_ids is not None and not isinstance(input_ids, jax.core.Tracer) and np.size(input_ids):
+        ids = np.asarray(input_ids)
+        integer = np.issubdtype(ids.dtype, np.integer)
+        id_range = (int(ids.min()), int(ids.max())) if integer else None
+    shapes = map(_shape, (input_ids, attention_mask, position_ids))
+    validation.check_text_inputs(config, *shapes, id_range=id_range, integer_ids=integer)
+
+
+def _check_pixels(config, pixel_values, interpolate_pos_encoding):
+    validation.check_pixel_values(_shape(pixel_values), config, bool(interpolate_pos_encoding))
+
+
+class _Head(_Block):
     remat: bool = False
 
+    def _tower_kwargs(self) -> dict:
+        return dict(**self._kwargs(), remat=self.remat)
+
+
+class _TextModule(_Head):
+    """The text transformer, and with ``with_projection`` its projection (text_embeds, not normalised)."""
+
+    with_projection = False
+
     def setup(self):
-        self.text_model = CLIPTextTransformer(
-            self.config, dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat
-        )
+        self.text_model = CLIPTextTransformer(self.config, **self._tower_kwargs())
+        if self.with_projection:
+            self.text_projection = _dense(self, self.config.projection_dim, use_bias=False)
 
     def __call__(
         self,
@@ -530,185 +417,92 @@ class FlaxCLIPTextModule(nn.Module):
         attention_mask=None,
         position_ids=None,
         deterministic=True,
-        output_attentions=False,
-        output_hidden_states=False,
-        return_dict=True,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
     ):
-        _check_text_inputs(self.config, input_ids, attention_mask, position_ids)
-        output = self.text_model(
-            input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            deterministic=deterministic,
-            output_attentions=bool(output_attentions),
-            output_hidden_states=bool(output_hidden_states),
-        )
-        return _finish(output, return_dict)
+        _check_text(self.config, input_ids, attention_mask, position_ids)
+        flags = output_flags(self.config, output_attentions, output_hidden_states)
+        output = self.text_model(input_ids, attention_mask, position_ids, deterministic, **flags)
+        if self.with_projection:
+            output = text_output(output, self.text_projection(output.pooler_output))
+        return as_requested(output, self.config, return_dict)
 
 
-class FlaxCLIPTextModelWithProjectionModule(nn.Module):
-    """Text tower + text_projection (no normalisation): text_embeds as CLIPModel projects them."""
+class _VisionModule(_Head):
+    """The vision transformer, and with ``with_projection`` its projection (image_embeds, not normalised)."""
 
-    config: CLIPTextConfig
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    remat: bool = False
+    with_projection = False
 
     def setup(self):
-        cfg = self.config
-        self.text_model = CLIPTextTransformer(
-            cfg, dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat
-        )
-        self.text_projection = _dense(
-            self, cfg.projection_dim, cfg.hidden_size**-0.5 * cfg.initializer_factor, use_bias=False
-        )
-
-    def __call__(
-        self,
-        input_ids,
-        attention_mask=None,
-        position_ids=None,
-        deterministic=True,
-        output_attentions=False,
-        output_hidden_states=False,
-        return_dict=True,
-    ):
-        _check_text_inputs(self.config, input_ids, attention_mask, position_ids)
-        text = self.text_model(
-            input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            deterministic=deterministic,
-            output_attentions=bool(output_attentions),
-            output_hidden_states=bool(output_hidden_states),
-        )
-        output = CLIPTextModelOutput(
-            text_embeds=self.text_projection(text.pooler_output),
-            last_hidden_state=text.last_hidden_state,
-            hidden_states=text.hidden_states,
-            attentions=text.attentions,
-        )
-        return _finish(output, return_dict)
-
-
-class FlaxCLIPVisionModule(nn.Module):
-    config: CLIPVisionConfig
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    remat: bool = False
-
-    def setup(self):
-        self.vision_model = CLIPVisionTransformer(
-            self.config, dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat
-        )
+        self.vision_model = CLIPVisionTransformer(self.config, **self._tower_kwargs())
+        if self.with_projection:
+            self.visual_projection = _dense(self, self.config.projection_dim, use_bias=False)
 
     def __call__(
         self,
         pixel_values,
         deterministic=True,
-        output_attentions=False,
-        output_hidden_states=False,
-        return_dict=True,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
         interpolate_pos_encoding=False,
     ):
-        _check_pixel_values(self.config, pixel_values, interpolate_pos_encoding)
+        _check_pixels(self.config, pixel_values, interpolate_pos_encoding)
+        flags = output_flags(self.config, output_attentions, output_hidden_states)
         output = self.vision_model(
-            pixel_values,
-            deterministic=deterministic,
-            output_attentions=bool(output_attentions),
-            output_hidden_states=bool(output_hidden_states),
-            interpolate_pos_encoding=bool(interpolate_pos_encoding),
+            pixel_values, deterministic, **flags, interpolate_pos_encoding=interpolate_pos_encoding
         )
-        return _finish(output, return_dict)
+        if self.with_projection:
+            output = vision_output(output, self.visual_projection(output.pooler_output))
+        return as_requested(output, self.config, return_dict)
 
 
-class FlaxCLIPVisionModelWithProjectionModule(nn.Module):
-    """Vision tower + visual_projection (no normalisation)."""
-
-    config: CLIPVisionConfig
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    remat: bool = False
-
-    def setup(self):
-        cfg = self.config
-        self.vision_model = CLIPVisionTransformer(
-            cfg, dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat
-        )
-        self.visual_projection = _dense(
-            self, cfg.projection_dim, cfg.hidden_size**-0.5 * cfg.initializer_factor, use_bias=False
-        )
-
-    def __call__(
-        self,
-        pixel_values,
-        deterministic=True,
-        output_attentions=False,
-        output_hidden_states=False,
-        return_dict=True,
-        interpolate_pos_encoding=False,
-    ):
-        _check_pixel_values(self.config, pixel_values, interpolate_pos_encoding)
-        vision = self.vision_model(
-            pixel_values,
-            deterministic=deterministic,
-            output_attentions=bool(output_attentions),
-            output_hidden_states=bool(output_hidden_states),
-            interpolate_pos_encoding=bool(interpolate_pos_encoding),
-        )
-        output = CLIPVisionModelOutput(
-            image_embeds=self.visual_projection(vision.pooler_output),
-            last_hidden_state=vision.last_hidden_state,
-            hidden_states=vision.hidden_states,
-            attentions=vision.attentions,
-        )
-        return _finish(output, return_dict)
+class FlaxCLIPTextModule(_TextModule):
+    """The text tower: last_hidden_state and pooler_output (the end-of-text token's state)."""
 
 
-class FlaxCLIPModule(nn.Module):
+class FlaxCLIPTextModelWithProjectionModule(_TextModule):
+    """The text tower + text_projection: text_embeds as CLIPModel projects them (not normalised)."""
+
+    with_projection = True
+
+
+class FlaxCLIPVisionModule(_VisionModule):
+    """The vision tower: last_hidden_state and pooler_output (the class token's state)."""
+
+
+class FlaxCLIPVisionModelWithProjectionModule(_VisionModule):
+    """The vision tower + visual_projection: image_embeds as CLIPModel projects them (not normalised)."""
+
+    with_projection = True
+
+
+class FlaxCLIPModule(_Head):
     """Both towers, their projections and the learned temperature."""
 
-    config: CLIPConfig
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    remat: bool = False
-
     def setup(self):
         cfg = self.config
-        factor = cfg.initializer_factor
-        text_cfg, vision_cfg = cfg.text_config, cfg.vision_config
-        kwargs = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat)
-        self.text_model = CLIPTextTransformer(text_cfg, **kwargs)
-        self.vision_model = CLIPVisionTransformer(vision_cfg, **kwargs)
-        self.visual_projection = _dense(
-            self, cfg.projection_dim, vision_cfg.hidden_size**-0.5 * factor, use_bias=False
-        )
-        self.text_projection = _dense(
-            self, cfg.projection_dim, text_cfg.hidden_size**-0.5 * factor, use_bias=False
-        )
-        self.logit_scale = self.param(
-            "logit_scale", nn.initializers.constant(cfg.logit_scale_init_value), (), self.param_dtype
-        )
-
-    # -- features --------------------------------------------------------------------------
+        self.text_model = CLIPTextTransformer(cfg.text_config, **self._tower_kwargs())
+        self.vision_model = CLIPVisionTransformer(cfg.vision_config, **self._tower_kwargs())
+        self.visual_projection = _dense(self, cfg.projection_dim, use_bias=False)
+        self.text_projection = _dense(self, cfg.projection_dim, use_bias=False)
+        init = nn.initializers.constant(cfg.logit_scale_init_value)
+        self.logit_scale = self.param("logit_scale", init, (), self.param_dtype)
 
     def get_text_features(self, input_ids, attention_mask=None, position_ids=None, deterministic=True):
-        """Projected (not normalised) text embeddings [batch, projection_dim]."""
-        _check_text_inputs(self.config.text_config, input_ids, attention_mask, position_ids)
-        text = self.text_model(
-            input_ids, attention_mask=attention_mask, position_ids=position_ids, deterministic=deterministic
-        )
+        """Projected (not normalised) text embeddings (B, projection_dim)."""
+        _check_text(self.config.text_config, input_ids, attention_mask, position_ids)
+        text = self.text_model(input_ids, attention_mask, position_ids, deterministic)
         return self.text_projection(text.pooler_output)
 
     def get_image_features(self, pixel_values, deterministic=True, interpolate_pos_encoding=False):
-        """Projected (not normalised) image embeddings [batch, projection_dim]."""
-        _check_pixel_values(self.config.vision_config, pixel_values, interpolate_pos_encoding)
+        """Projected (not normalised) image embeddings (B, projection_dim)."""
+        _check_pixels(self.config.vision_config, pixel_values, interpolate_pos_encoding)
         vision = self.vision_model(
-            pixel_values, deterministic=deterministic, interpolate_pos_encoding=bool(interpolate_pos_encoding)
+            pixel_values, deterministic, interpolate_pos_encoding=interpolate_pos_encoding
         )
         return self.visual_projection(vision.pooler_output)
-
-    # -- forward ---------------------------------------------------------------------------
 
     def __call__(
         self,
@@ -717,201 +511,37 @@ class FlaxCLIPModule(nn.Module):
         attention_mask=None,
         position_ids=None,
         deterministic=True,
-        output_attentions=False,
-        output_hidden_states=False,
-        return_dict=True,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
         interpolate_pos_encoding=False,
         return_loss=False,
     ):
         validation.require_inputs(input_ids=input_ids, pixel_values=pixel_values)
-        _check_text_inputs(self.config.text_config, input_ids, attention_mask, position_ids)
-        _check_pixel_values(self.config.vision_config, pixel_values, interpolate_pos_encoding)
+        _check_text(self.config.text_config, input_ids, attention_mask, position_ids)
+        _check_pixels(self.config.vision_config, pixel_values, interpolate_pos_encoding)
         if return_loss:
             validation.check_loss_batches(np.shape(input_ids)[0], np.shape(pixel_values)[0])
-
-        flags = dict(
-            deterministic=deterministic,
-            output_attentions=bool(output_attentions),
-            output_hidden_states=bool(output_hidden_states),
-        )
+        flags = output_flags(self.config, output_attentions, output_hidden_states)
         vision = self.vision_model(
-            pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding), **flags
+            pixel_values, deterministic, **flags, interpolate_pos_encoding=interpolate_pos_encoding
         )
-        text = self.text_model(input_ids, attention_mask=attention_mask, position_ids=position_ids, **flags)
-
+        text = self.text_model(input_ids, attention_mask, position_ids, deterministic, **flags)
         # Normalisation and logits in float32 whatever the compute dtype (stable logits and loss).
-        image_embeds = _l2_normalize(self.visual_projection(vision.pooler_output).astype(jnp.float32))
-        text_embeds = _l2_normalize(self.text_projection(text.pooler_output).astype(jnp.float32))
-        scale = jnp.exp(self.logit_scale.astype(jnp.float32))
-        logits_per_text = (text_embeds @ image_embeds.T) * scale
-        logits_per_image = logits_per_text.T
-
-        output = CLIPOutput(
-            loss=clip_loss(logits_per_text) if return_loss else None,
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_text,
-            text_embeds=text_embeds,
-            image_embeds=image_embeds,
-            text_model_output=text,
-            vision_model_output=vision,
-        )
-        return _finish(output, return_dict)
-
-
-def _finish(output, return_dict):
-    return output if return_dict is None or return_dict else output.to_tuple()
+        image_embeds = l2_normalize(self.visual_projection(vision.pooler_output).astype(jnp.float32))
+        text_embeds = l2_normalize(self.text_projection(text.pooler_output).astype(jnp.float32))
+        logits_per_text = (text_embeds @ image_embeds.T) * jnp.exp(self.logit_scale.astype(jnp.float32))
+        loss = clip_loss(logits_per_text) if return_loss else None
+        output = clip_output(text, vision, text_embeds, image_embeds, logits_per_text, jnp.transpose, loss)
+        return as_requested(output, self.config, return_dict)
 
 
 # ---------------------------------------------------------------------------------------------
 # Public classes: a Linen module plus the params it runs with
 
 
-class _CLIPPreTrainedModel:
-    """Holds ``config``, ``module`` and ``params`` (a plain nested dict, no "params" wrapper).
-
-    ``params`` is keyed like ``clip_core.weights.to_flax_params``; from_pretrained / save_pretrained
-    go through canonical numpy state (clip_core.pretrained).
-    """
-
-    config_class: type = CLIPConfig
-    module_class: type = FlaxCLIPModule
-    model_kind = "clip"
-
-    def __init__(
-        self,
-        config,
-        input_shape=None,
-        seed: int = 0,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        _do_init: bool = True,
-        remat: bool = False,
-    ):
-        if isinstance(config, dict):
-            config = self.config_class.from_dict(config)
-        if not isinstance(config, self.config_class):
-            raise TypeError(
-                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
-            )
-        self.config = config
-        self.dtype = dtype
-        self.param_dtype = param_dtype
-        self.remat = remat
-        self.module = self.module_class(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
-        self.input_shape = input_shape if input_shape is not None else self._default_input_shape()
-        self._params = None
-        if _do_init:
-            self._params = self.init_weights(jax.random.PRNGKey(seed), self.input_shape)
-
-    # -- params ----------------------------------------------------------------------------
-
-    @property
-    def params(self) -> dict:
-        if self._params is None:
-            raise ValueError(
-                "this model was built with _do_init=False: set model.params or call init_weights"
-            )
-        return self._params
-
-    @params.setter
-    def params(self, params) -> None:
-        params = unfreeze(params)
-        if set(params) == {"params"}:
-            params = params["params"]
-        self._params = params
-
-    def _resolve_params(self, params):
-        if params is None:
-            return self.params
-        params = unfreeze(params)
-        return params["params"] if set(params) == {"params"} else params
-
-    def _dummy_inputs(self, rng, input_shape) -> tuple:
-        raise NotImplementedError
-
-    def init_weights(self, rng, input_shape=None) -> dict:
-        """Fresh random params (transformers' PyTorch initialisation scales) for inputs of input_shape."""
-        input_shape = input_shape if input_shape is not None else self._default_input_shape()
-        params_rng, dropout_rng = jax.random.split(rng)
-        inputs = self._dummy_inputs(params_rng, input_shape)
-        # One XLA program: compiling it costs about half of running init op by op.
-        variables = jax.jit(self.module.init)({"params": params_rng, "dropout": dropout_rng}, *inputs)
-        return unfreeze(variables)["params"]
-
-    # -- checkpoints -----------------------------------------------------------------------
-
-    def canonical_state(self, params=None) -> dict[str, np.ndarray]:
-        """The params as canonical (transformers PyTorch layout) numpy arrays."""
-        return from_flax_params(jax.device_get(self._resolve_params(params)))
-
-    def load_canonical_state(self, state) -> None:
-        """Set params from canonical numpy arrays (checked by name and shape), cast to param_dtype."""
-        from clip_core.weights import select_for_model
-
-        state = select_for_model(state, self.config, self.model_kind)
-        tree = to_flax_params(state)
-        self._params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.param_dtype), tree)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path,
-        config=None,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        remat: bool = False,
-        **kwargs,
-    ):
-        """A model with the weights of a checkpoint folder (config.json + model.safetensors, or
-        pytorch_model.bin, tf_model.h5, flax_model.msgpack)."""
-        config, state = load_pretrained(pretrained_model_name_or_path, cls.model_kind, config)
-        model = cls(config, dtype=dtype, param_dtype=param_dtype, _do_init=False, remat=remat, **kwargs)
-        model.load_canonical_state(state)
-        return model
-
-    def save_pretrained(self, save_directory, params=None, formats=("safetensors",)) -> list[str]:
-        """Write config.json and model.safetensors (canonical names); formats may add "flax"
-        (flax_model.msgpack, as transformers' Flax classes read it), "pytorch" or "tf"."""
-        formats = (formats,) if isinstance(formats, str) else tuple(formats)
-        return save_pretrained(
-            save_directory,
-            self.config,
-            self.canonical_state(params),
-            formats=formats,
-            model_kind=self.model_kind,
-        )
-
-    # -- running ---------------------------------------------------------------------------
-
-    def _apply(self, params, dropout_rng, train, *args, method=None, **kwargs):
-        rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-        return self.module.apply(
-            {"params": self._resolve_params(params)},
-            *args,
-            deterministic=not train,
-            rngs=rngs,
-            method=method,
-            **kwargs,
-        )
-
-
-def _ids(x):
-    return None if x is None else jnp.asarray(x, jnp.int32)
-
-
-def _pixels(x):
-    return None if x is None else jnp.asarray(x, jnp.float32)
-
-
-class _TextPreTrainedModel(_CLIPPreTrainedModel):
+class _TextPreTrainedModel(FlaxCLIPPreTrainedModel):
     config_class = CLIPTextConfig
-
-    def _default_input_shape(self):
-        return (1, 1)
-
-    def _dummy_inputs(self, rng, input_shape):
-        ids = jnp.zeros(input_shape, jnp.int32)
-        return ids, jnp.ones_like(ids)
 
     def __call__(
         self,
@@ -926,28 +556,13 @@ class _TextPreTrainedModel(_CLIPPreTrainedModel):
         return_dict=None,
     ):
         validation.require_inputs(input_ids=input_ids)
-        return self._apply(
-            params,
-            dropout_rng,
-            train,
-            _ids(input_ids),
-            _ids(attention_mask),
-            _ids(position_ids),
-            output_attentions=bool(output_attentions),
-            output_hidden_states=bool(output_hidden_states),
-            return_dict=return_dict is None or return_dict,
-        )
+        ids = map(ids_array, (input_ids, attention_mask, position_ids))
+        flags = output_flags(self.config, output_attentions, output_hidden_states)
+        return self._apply(params, dropout_rng, train, *ids, **flags, return_dict=return_dict)
 
 
-class _VisionPreTrainedModel(_CLIPPreTrainedModel):
+class _VisionPreTrainedModel(FlaxCLIPPreTrainedModel):
     config_class = CLIPVisionConfig
-
-    def _default_input_shape(self):
-        size = self.config.image_size
-        return (1, self.config.num_channels, size, size)
-
-    def _dummy_inputs(self, rng, input_shape):
-        return (jax.random.normal(rng, input_shape),)
 
     def __call__(
         self,
@@ -961,16 +576,11 @@ class _VisionPreTrainedModel(_CLIPPreTrainedModel):
         interpolate_pos_encoding=False,
     ):
         validation.require_inputs(pixel_values=pixel_values)
-        return self._apply(
-            params,
-            dropout_rng,
-            train,
-            _pixels(pixel_values),
-            output_attentions=bool(output_attentions),
-            output_hidden_states=bool(output_hidden_states),
-            return_dict=return_dict is None or return_dict,
-            interpolate_pos_encoding=bool(interpolate_pos_encoding),
+        flags = output_flags(self.config, output_attentions, output_hidden_states)
+        options = dict(
+            **flags, return_dict=return_dict, interpolate_pos_encoding=bool(interpolate_pos_encoding)
         )
+        return self._apply(params, dropout_rng, train, pixels_array(pixel_values), **options)
 
 
 class FlaxCLIPTextModel(_TextPreTrainedModel):
@@ -993,23 +603,14 @@ class FlaxCLIPVisionModelWithProjection(_VisionPreTrainedModel):
     model_kind = "vision_with_projection"
 
 
-class FlaxCLIPModel(_CLIPPreTrainedModel):
+class FlaxCLIPModel(FlaxCLIPPreTrainedModel):
     """Both towers, their projections and the learned temperature.
 
     ``input_shape`` is ((batch, seq), (batch, channels, height, width)) (pixels channels-first).
     """
 
-    config_class = CLIPConfig
     module_class = FlaxCLIPModule
     model_kind = "clip"
-
-    def _default_input_shape(self):
-        vision = self.config.vision_config
-        return ((1, 1), (1, vision.num_channels, vision.image_size, vision.image_size))
-
-    def _dummy_inputs(self, rng, input_shape):
-        ids = jnp.zeros(input_shape[0], jnp.int32)
-        return ids, jax.random.normal(rng, input_shape[1]), jnp.ones_like(ids)
 
     def __call__(
         self,
@@ -1027,19 +628,16 @@ class FlaxCLIPModel(_CLIPPreTrainedModel):
         interpolate_pos_encoding=False,
     ):
         validation.require_inputs(input_ids=input_ids, pixel_values=pixel_values)
+        flags = output_flags(self.config, output_attentions, output_hidden_states)
+        inputs = (
+            ids_array(input_ids),
+            pixels_array(pixel_values),
+            ids_array(attention_mask),
+            ids_array(position_ids),
+        )
+        options = dict(return_dict=return_dict, interpolate_pos_encoding=bool(interpolate_pos_encoding))
         return self._apply(
-            params,
-            dropout_rng,
-            train,
-            _ids(input_ids),
-            _pixels(pixel_values),
-            _ids(attention_mask),
-            _ids(position_ids),
-            output_attentions=bool(output_attentions),
-            output_hidden_states=bool(output_hidden_states),
-            return_dict=return_dict is None or return_dict,
-            interpolate_pos_encoding=bool(interpolate_pos_encoding),
-            return_loss=bool(return_loss),
+            params, dropout_rng, train, *inputs, **flags, **options, return_loss=bool(return_loss)
         )
 
     def get_text_features(
@@ -1050,18 +648,14 @@ class FlaxCLIPModel(_CLIPPreTrainedModel):
         params=None,
         dropout_rng=None,
         train=False,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
     ):
-        """Projected (not normalised) text embeddings [batch, projection_dim]."""
+        """Projected (not normalised) text embeddings (B, projection_dim)."""
         validation.require_inputs(input_ids=input_ids)
-        return self._apply(
-            params,
-            dropout_rng,
-            train,
-            _ids(input_ids),
-            _ids(attention_mask),
-            _ids(position_ids),
-            method=FlaxCLIPModule.get_text_features,
-        )
+        ids = map(ids_array, (input_ids, attention_mask, position_ids))
+        return self._apply(params, dropout_rng, train, *ids, method=FlaxCLIPModule.get_text_features)
 
     def get_image_features(
         self,
@@ -1069,23 +663,22 @@ class FlaxCLIPModel(_CLIPPreTrainedModel):
         params=None,
         dropout_rng=None,
         train=False,
+        output_attentions=None,
+        output_hidden_states=None,
         interpolate_pos_encoding=False,
+        return_dict=None,
     ):
-        """Projected (not normalised) image embeddings [batch, projection_dim]."""
+        """Projected (not normalised) image embeddings (B, projection_dim)."""
         validation.require_inputs(pixel_values=pixel_values)
-        return self._apply(
-            params,
-            dropout_rng,
-            train,
-            _pixels(pixel_values),
-            interpolate_pos_encoding=bool(interpolate_pos_encoding),
-            method=FlaxCLIPModule.get_image_features,
-        )
+        interpolate = dict(interpolate_pos_encoding=bool(interpolate_pos_encoding))
+        method = FlaxCLIPModule.get_image_features
+        return self._apply(params, dropout_rng, train, pixels_array(pixel_values), **interpolate, method=method)
 
 
 __all__ = [
     "FlaxCLIPModel",
     "FlaxCLIPModule",
+    "FlaxCLIPPreTrainedModel",
     "FlaxCLIPTextModel",
     "FlaxCLIPTextModelWithProjection",
     "FlaxCLIPTextModelWithProjectionModule",

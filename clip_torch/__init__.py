@@ -2,16 +2,22 @@
 
 from clip_torch.modeling import (
     CLIPModel,
+    CLIPPreTrainedModel,
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPVisionModel,
     CLIPVisionModelWithProjection,
+    clip_loss,
+    contrastive_loss,
 )
 
 __all__ = [
     "CLIPModel",
+    "CLIPPreTrainedModel",
     "CLIPTextModel",
     "CLIPTextModelWithProjection",
     "CLIPVisionModel",
     "CLIPVisionModelWithProjection",
+    "clip_loss",
+    "contrastive_loss",
 ]

@@ -1,0 +1,173 @@
+"""The PyTorch half of from_pretrained / save_pretrained, random init and input handling.
+
+``CLIPPreTrainedModel`` is the base of the five public classes in clip_torch.modeling: parameters
+by canonical name (the ``state_dict`` keys), random initialisation by clip_core's rules with
+torch's generator, inputs turned into tensors on the model's device and checked by
+clip_core.validation, and the gradient-checkpointing switch. The framework-free flow is
+clip_core.pretrained.PretrainedModelMixin.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from clip_core import validation
+from clip_core.config import CLIPConfig
+from clip_core.modeling_utils import as_config, init_rule
+from clip_core.pretrained import PretrainedModelMixin
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _as_dtype(dtype):
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype, got {dtype!r}")
+    return _DTYPES[name]
+
+
+def _to_torch(array: np.ndarray) -> torch.Tensor:
+    """A canonical numpy array as a tensor (bfloat16 arrays from ml_dtypes too)."""
+    array = np.asarray(array)
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def _shape(x):
+    return None if x is None else tuple(x.shape)
+
+
+class CLIPPreTrainedModel(PretrainedModelMixin, nn.Module):
+    """Weights by canonical name, random init as transformers', input handling, checkpointing switch."""
+
+    config_class = CLIPConfig
+
+    def __init__(self, config, gradient_checkpointing: bool = False, attn_implementation: str = "sdpa"):
+        super().__init__()
+        if attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(f'attn_implementation must be "sdpa" or "eager", got {attn_implementation!r}')
+        self.config = as_config(config, self.config_class)
+        self.attn_implementation = attn_implementation
+        self._gradient_checkpointing = gradient_checkpointing
+
+    def post_init(self):
+        """Initialise the weights as transformers does, then apply the checkpointing switch."""
+        if not any(p.is_meta for p in self.parameters()):
+            self.init_weights()
+        self.gradient_checkpointing = self._gradient_checkpointing
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Fresh random parameters drawn with torch's generator, by clip_core's init rules."""
+        for name, param in self.named_parameters():
+            rule, value = init_rule(name, self.config)
+            if rule == "normal":
+                nn.init.normal_(param, mean=0.0, std=value)
+            else:
+                nn.init.constant_(param, value)
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def _tensor(self, x):
+        """None, or a tensor on the model's device from a tensor, numpy array or nested list."""
+        if x is None or (isinstance(x, torch.Tensor) and x.device == self.device):
+            return x
+        return (
+            x.to(self.device)
+            if isinstance(x, torch.Tensor)
+            else torch.as_tensor(np.asarray(x), device=self.device)
+        )
+
+    def _text_inputs(self, config, input_ids, attention_mask, position_ids):
+        input_ids, attention_mask, position_ids = map(self._tensor, (input_ids, attention_mask, position_ids))
+        id_range, integer = None, True
+        # Value checks read the ids (a host sync); skipped while torch.compile traces.
+        if input_ids is not None and input_ids.numel() and not torch.compiler.is_compiling():
+            integer = not (input_ids.is_floating_point() or input_ids.is_complex())
+            if integer:
+                low, high = torch.aminmax(input_ids)
+                id_range = (int(low), int(high))
+        shapes = map(_shape, (input_ids, attention_mask, position_ids))
+        validation.check_text_inputs(config, *shapes, id_range=id_range, integer_ids=integer)
+        return input_ids, attention_mask, position_ids
+
+    def _pixel_inputs(self, config, pixel_values, interpolate_pos_encoding):
+        pixel_values = self._tensor(pixel_values)
+        validation.check_pixel_values(_shape(pixel_values), config, interpolate_pos_encoding)
+        return pixel_values
+
+    # -- gradient checkpointing: one switch for every encoder -----------------------------------
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self._gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        self._gradient_checkpointing = bool(value)
+        for module in self.modules():
+            if module is not self and hasattr(module, "gradient_checkpointing"):  # the encoders
+                module.gradient_checkpointing = bool(value)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self):
+        self.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self._gradient_checkpointing
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # -- weights by canonical name (the state_dict keys are the canonical names) ------------------
+
+    def canonical_state(self) -> dict[str, np.ndarray]:
+        return {name: _to_numpy(tensor) for name, tensor in self.state_dict().items()}
+
+    def _assign_canonical_state(self, state) -> None:
+        params = dict(self.named_parameters())
+        on_meta = any(p.is_meta for p in params.values())
+        tensors = {
+            name: _to_torch(array).to(
+                dtype=params[name].dtype, device=None if on_meta else params[name].device
+            )
+            for name, array in state.items()
+        }
+        self.load_state_dict(tensors, strict=True, assign=on_meta)
+
+    @classmethod
+    def _loading_options(cls, dtype=None, **kwargs):
+        """``dtype`` (torch.float32 / bfloat16 / float16 or their names; default float32) sets the
+        parameters' dtype; other keywords (gradient_checkpointing, attn_implementation) go to the class."""
+        return (), {"dtype": _as_dtype(dtype) or torch.float32, **kwargs}
+
+    @classmethod
+    def _for_loading(cls, config, dtype, **kwargs):
+        with torch.device("meta"):  # no random init: every parameter comes from the checkpoint
+            model = cls(config, **kwargs)
+        return model.to(dtype)
+
+    def _after_loading(self):
+        return self.eval()
