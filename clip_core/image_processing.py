@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from .files import atomic_write_text, resolve_file
+from .tensors import BatchFeature, tensor_type_name, to_framework
 
 IMAGE_PROCESSOR_NAME = "preprocessor_config.json"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -70,70 +71,6 @@ _SETTINGS = (
     "do_convert_rgb",
 )
 PREPROCESS_KWARGS = frozenset(_SETTINGS) | {"data_format", "input_data_format", "num_threads"}
-
-
-# --------------------------------------------------------------------------------------------------
-# Outputs and tensor conversion
-# --------------------------------------------------------------------------------------------------
-
-
-def _tensor_type_name(return_tensors) -> str | None:
-    """'np' / 'pt' / 'tf' / 'jax' from a string or transformers' TensorType enum (whose value is the string)."""
-    if return_tensors is None:
-        return None
-    name = getattr(return_tensors, "value", return_tensors)
-    if name not in ("np", "pt", "tf", "jax"):
-        raise ValueError(
-            f"return_tensors must be one of 'np', 'pt', 'tf', 'jax' or None, got {return_tensors!r}"
-        )
-    return name
-
-
-def to_framework(array: np.ndarray, return_tensors) -> Any:
-    """A numpy array as the framework's tensor; the framework is imported only now, when asked for."""
-    name = _tensor_type_name(return_tensors)
-    if name in (None, "np"):
-        return array
-    if name == "pt":
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(array))
-    if name == "tf":
-        import tensorflow as tf
-
-        return tf.constant(array)
-    import jax.numpy as jnp
-
-    return jnp.asarray(array)
-
-
-class BatchFeature(dict):
-    """The processors' output: a dict (``out["pixel_values"]``) that also reads as attributes (``out.pixel_values``)."""
-
-    def __getattr__(self, name: str):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(
-                f"{type(self).__name__} has no field {name!r}; it has {list(self)}"
-            ) from None
-
-    @property
-    def data(self) -> dict:
-        return dict(self)
-
-    def convert_to_tensors(self, return_tensors) -> BatchFeature:
-        for key, value in self.items():
-            if isinstance(value, np.ndarray):
-                self[key] = to_framework(value, return_tensors)
-        return self
-
-    def to(self, *args, **kwargs) -> BatchFeature:
-        """torch only: move every torch tensor (``.to(device)`` / ``.to(dtype)``), like transformers' BatchFeature."""
-        for key, value in self.items():
-            if hasattr(value, "to") and type(value).__module__.startswith("torch"):
-                self[key] = value.to(*args, **kwargs)
-        return self
 
 
 # --------------------------------------------------------------------------------------------------
@@ -712,7 +649,7 @@ class CLIPImageProcessor:
             warnings.warn(f"unused arguments to preprocess: {sorted(kwargs)}", UserWarning, stacklevel=2)
         plan = self._plan(dict(locals()))
         image_list = make_image_list(images)
-        tensor_type = _tensor_type_name(return_tensors)
+        tensor_type = tensor_type_name(return_tensors)
 
         out = None
         if tensor_type is not None and plan.do_center_crop and plan.do_convert_rgb and plan.data_format:
