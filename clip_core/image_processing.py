@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from .files import atomic_write_text, resolve_file
+from .image_inputs import CHANNELS_FIRST, channel_format, make_image_list, read_image
 from .tensors import BatchFeature, tensor_type_name, to_framework
 
 IMAGE_PROCESSOR_NAME = "preprocessor_config.json"
@@ -47,8 +48,6 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BICUBIC = 3  # PIL.Image.Resampling.BICUBIC; transformers stores the plain int in its json
 
-_CHANNELS_FIRST = "channels_first"
-_CHANNELS_LAST = "channels_last"
 _VALID_SIZE_KEYS = (
     {"height", "width"},
     {"shortest_edge"},
@@ -144,143 +143,6 @@ class _Plan:
     do_convert_rgb: bool
     data_format: str | None
     input_data_format: str | None
-
-
-def _channel_format(value, name: str) -> str | None:
-    value = getattr(value, "value", value)  # transformers' ChannelDimension enum
-    if value is None:
-        return None
-    if value in (_CHANNELS_FIRST, _CHANNELS_LAST, "none"):
-        return value
-    raise ValueError(f"{name} must be 'channels_first', 'channels_last' or None, got {value!r}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading one image: PIL, numpy, torch / tf / jax, or a file path
-# --------------------------------------------------------------------------------------------------
-
-
-def _framework_to_numpy(image) -> np.ndarray | None:
-    """numpy for torch / tensorflow / jax tensors, recognised by their module so no framework is imported."""
-    module = type(image).__module__
-    if module.startswith("torch"):
-        tensor = image.detach().cpu()
-        if tensor.dtype.is_floating_point and tensor.element_size() < 4:  # bfloat16 has no numpy twin
-            tensor = tensor.float()
-        return tensor.numpy()
-    if module.startswith(("tensorflow", "tf_keras", "keras")) and hasattr(image, "numpy"):
-        return np.asarray(image.numpy())
-    if module.startswith(("jax", "jaxlib")):
-        return np.asarray(image)
-    return None
-
-
-def _to_array(image) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        return image
-    array = _framework_to_numpy(image)
-    if array is None:
-        raise ValueError(
-            "each image must be a PIL.Image.Image, a numpy array, a torch / tensorflow / jax tensor, or a path "
-            f"to an image file; got {type(image).__module__}.{type(image).__qualname__}"
-        )
-    return array
-
-
-def _open_path(path) -> Image.Image:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"image path {path!r} is not an existing file (URLs are not fetched: download first)"
-        )
-    with Image.open(path) as image:
-        image.load()
-        return (
-            image.copy()
-            if image.mode != "P"
-            else image.convert("RGBA" if "transparency" in image.info else "RGB")
-        )
-
-
-def _infer_channels_last(shape: tuple[int, ...], input_data_format: str | None) -> bool:
-    """Whether a 3-D array is (height, width, channels): by the caller's word, else by which end looks like channels.
-
-    transformers assumes channels-first whenever both ends could be channels (shape (3, W, 3) or (1, 1, 3));
-    such a shape is ambiguous, so we ask the caller instead of guessing.
-    """
-    if input_data_format == _CHANNELS_LAST:
-        return True
-    if input_data_format == _CHANNELS_FIRST:
-        return False
-    for channel_counts in ((1, 3), (4, 2)):  # grey / RGB first, then RGBA / grey+alpha
-        first, last = shape[0] in channel_counts, shape[2] in channel_counts
-        if first and last:
-            raise ValueError(
-                f"cannot tell whether the channels of an image of shape {shape} are first or last; "
-                "pass input_data_format='channels_first' or 'channels_last'"
-            )
-        if first or last:
-            return last
-    raise ValueError(
-        f"cannot find the channel axis of an image of shape {shape}: neither the first nor the last axis "
-        "has 1, 2, 3 or 4 entries; pass input_data_format='channels_first' or 'channels_last'"
-    )
-
-
-def _as_hwc(array: np.ndarray, input_data_format: str | None) -> tuple[np.ndarray, bool]:
-    """An array image as (height, width, channels), checked for emptiness, dtype and non-finite values;
-    and whether it came channels-last (a 2-D image counts as channels-last)."""
-    channels_last = True
-    if array.ndim == 2:
-        array = array[:, :, None]  # (height, width): one grey channel
-    elif array.ndim == 3:
-        if input_data_format == "none":
-            raise ValueError(f"input_data_format='none' means a 2-D image, got shape {array.shape}")
-        channels_last = _infer_channels_last(array.shape, input_data_format)
-        if not channels_last:
-            array = array.transpose(1, 2, 0)
-    else:
-        raise ValueError(f"an image must have 2 or 3 dimensions (a batch 4), got shape {array.shape}")
-    if array.size == 0:
-        raise ValueError(f"image has zero size: shape {array.shape} (as height, width, channels)")
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255  # like PIL's mode "1" -> "L"
-    elif array.dtype.kind == "f":
-        if array.dtype.itemsize < 4:
-            array = array.astype(np.float32)
-        if not np.isfinite(array).all():
-            raise ValueError("image contains NaN or infinite values")
-    elif array.dtype.kind not in "ui":
-        raise ValueError(f"image dtype must be bool, integer or float, got {array.dtype}")
-    return array, channels_last
-
-
-def _convert_array_to_rgb(array: np.ndarray) -> np.ndarray:
-    """What PIL's convert('RGB') does for grey, grey+alpha, RGB and RGBA arrays (transformers leaves arrays alone)."""
-    channels = array.shape[2]
-    if channels == 3:
-        return array
-    if channels in (1, 2):
-        return np.repeat(array[:, :, :1], 3, axis=2)
-    if channels == 4:
-        return array[:, :, :3]
-    raise ValueError(f"cannot convert an image with {channels} channels to RGB")
-
-
-def _pil_for_processing(image: Image.Image, do_convert_rgb: bool) -> Image.Image | np.ndarray:
-    """A PIL image PIL can resize as is (RGB, L), else its pixels as an (H, W, C) array."""
-    if image.width == 0 or image.height == 0:
-        raise ValueError(f"image has zero size: {image.width}x{image.height} (width x height)")
-    if do_convert_rgb:
-        return image if image.mode == "RGB" else image.convert("RGB")
-    if image.mode in ("RGB", "L"):
-        return image
-    if image.mode == "1":
-        image = image.convert("L")
-    elif image.mode in ("P", "PA"):  # palette indices are no intensities
-        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
-    # RGBA and LA are resized channel by channel below: PIL would premultiply alpha and change the colours.
-    return _as_hwc(np.asarray(image), _CHANNELS_LAST)[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,15 +261,7 @@ def _warn_already_scaled() -> None:
 
 def _process_one(image, plan: _Plan, out: np.ndarray | None) -> np.ndarray:
     """One image through the whole pipeline; writes into ``out`` when given (a slot of the batch array)."""
-    if isinstance(image, (str, os.PathLike)):
-        image = _open_path(image)
-    if isinstance(image, Image.Image):
-        source = _pil_for_processing(image, plan.do_convert_rgb)
-        source_was_channels_last = True
-    else:
-        source, source_was_channels_last = _as_hwc(_to_array(image), plan.input_data_format)
-        if plan.do_convert_rgb:
-            source = _convert_array_to_rgb(source)
+    source, source_was_channels_last = read_image(image, plan.do_convert_rgb, plan.input_data_format)
 
     already_scaled = False
     if isinstance(source, np.ndarray) and source.dtype.kind == "f":
@@ -436,54 +290,9 @@ def _process_one(image, plan: _Plan, out: np.ndarray | None) -> np.ndarray:
         pixels = _center_crop(pixels, plan.crop_hw)
 
     channels_first = (
-        plan.data_format == _CHANNELS_FIRST if plan.data_format is not None else not source_was_channels_last
+        plan.data_format == CHANNELS_FIRST if plan.data_format is not None else not source_was_channels_last
     )
     return _write_output(pixels, plan, pre_scale, rescale, channels_first, out)
-
-
-# --------------------------------------------------------------------------------------------------
-# Batches and threads
-# --------------------------------------------------------------------------------------------------
-
-
-def _is_array_like(value) -> bool:
-    return isinstance(value, np.ndarray) or _framework_module(value)
-
-
-def _framework_module(value) -> bool:
-    return type(value).__module__.split(".")[0] in ("torch", "tensorflow", "jax", "jaxlib") and hasattr(
-        value, "ndim"
-    )
-
-
-def make_image_list(images) -> list:
-    """A flat list of single images from one image, a list (nested one level), or a 4-D batch array."""
-    if isinstance(images, (list, tuple)):
-        if len(images) == 0:
-            raise ValueError("images is an empty list: give at least one image")
-        flat = []
-        for item in images:
-            if isinstance(item, (list, tuple)):
-                flat.extend(make_image_list(item) if item else [])
-            elif _is_array_like(item) and item.ndim == 4:
-                flat.extend(list(item))
-            else:
-                flat.append(item)
-        if not flat:
-            raise ValueError("images holds only empty lists: give at least one image")
-        return flat
-    if _is_array_like(images):
-        if images.ndim == 4:
-            if images.shape[0] == 0:
-                raise ValueError(f"images is an empty batch: shape {tuple(images.shape)}")
-            return list(images)
-        if images.ndim in (2, 3):
-            return [images]
-        raise ValueError(
-            f"an image array must have 2 or 3 dimensions, or 4 for a batch; got {images.ndim} (shape "
-            f"{tuple(images.shape)})"
-        )
-    return [images]
 
 
 _executor_lock = threading.Lock()
@@ -593,7 +402,7 @@ class CLIPImageProcessor:
         resample = int(getattr(settings["resample"], "value", settings["resample"]))
         if resample not in (0, 1, 2, 3, 4, 5):
             raise ValueError(f"resample must be a PIL resampling filter (0-5), got {settings['resample']!r}")
-        data_format = _channel_format(overrides.get("data_format"), "data_format")
+        data_format = channel_format(overrides.get("data_format"), "data_format")
         if data_format == "none":
             raise ValueError("data_format must be 'channels_first', 'channels_last' or None")
         return _Plan(
@@ -609,7 +418,7 @@ class CLIPImageProcessor:
             image_std=_per_channel(settings["image_std"], "image_std"),
             do_convert_rgb=bool(settings["do_convert_rgb"]),
             data_format=data_format,
-            input_data_format=_channel_format(overrides.get("input_data_format"), "input_data_format"),
+            input_data_format=channel_format(overrides.get("input_data_format"), "input_data_format"),
         )
 
     def preprocess(
@@ -627,7 +436,7 @@ class CLIPImageProcessor:
         image_std: float | Sequence[float] | None = None,
         do_convert_rgb: bool | None = None,
         return_tensors=None,
-        data_format: str | None = _CHANNELS_FIRST,
+        data_format: str | None = CHANNELS_FIRST,
         input_data_format: str | None = None,
         num_threads: int | None = None,
         **kwargs,
@@ -654,7 +463,7 @@ class CLIPImageProcessor:
         out = None
         if tensor_type is not None and plan.do_center_crop and plan.do_convert_rgb and plan.data_format:
             height, width = plan.crop_hw
-            shape = (3, height, width) if plan.data_format == _CHANNELS_FIRST else (height, width, 3)
+            shape = (3, height, width) if plan.data_format == CHANNELS_FIRST else (height, width, 3)
             out = np.empty((len(image_list), *shape), np.float32)
 
         def run(index: int) -> np.ndarray:

@@ -32,7 +32,7 @@ def tensor_type_name(return_tensors) -> str | None:
 
 
 def to_framework(array: np.ndarray, return_tensors) -> Any:
-    """A numpy array as the framework's tensor (same dtype); the framework is imported only now, when asked for."""
+    """A numpy array as the framework's tensor (same dtype); the framework is imported only when asked for."""
     name = tensor_type_name(return_tensors)
     if name in (None, "np"):
         return array
@@ -86,7 +86,7 @@ class BatchDict(dict):
         raise NotImplementedError
 
     def convert_to_tensors(self, return_tensors):
-        """Every value as the ``return_tensors`` framework's tensor, in place; None leaves them as they are."""
+        """Every value as the ``return_tensors`` framework's tensor, in place (None: left as is)."""
         if return_tensors is None:
             return self
         for key, value in self.items():
@@ -94,7 +94,7 @@ class BatchDict(dict):
         return self
 
     def to(self, *args, **kwargs):
-        """torch only: move every torch tensor (``.to(device)`` / ``.to(dtype)``), like transformers' batches."""
+        """torch only: move every torch tensor (``.to(device)`` / ``.to(dtype)``), as transformers does."""
         for key, value in self.items():
             if hasattr(value, "to") and type(value).__module__.startswith("torch"):
                 self[key] = value.to(*args, **kwargs)
