@@ -1,23 +1,17 @@
-"""CLIP image preprocessing: the same numbers as transformers' (slow, PIL-based) CLIPImageProcessor, faster.
+"""CLIPImageProcessor: CLIP's image preprocessing with the same numbers as transformers' (slow, PIL-based)
+CLIPImageProcessor, faster; its settings and its ``preprocessor_config.json`` (and the deprecated
+CLIPFeatureExtractor).
 
 Pipeline per image, in transformers' order: convert to RGB -> resize (PIL, shortest edge by default)
 -> center crop (zero padding where the image is smaller than the crop) -> rescale -> normalise -> layout.
-
-Where the speed comes from, without changing a single output value:
-- a PIL image is resized as it is; transformers turns it into numpy and back into PIL first;
-- after a resize every pixel is a uint8, so rescale + normalise is a per-channel lookup table of 256
-  float32 values, built with transformers' exact arithmetic (float64 rescale, float32 normalise):
-  the result is bit-identical, and one gather per channel replaces four passes over float arrays;
-- the crop is a view of the resized uint8 image, taken before anything is converted to float;
-- the lookup writes straight into the batch array, already channels-first;
-- images are processed on a few threads (PIL releases the GIL while it resizes).
-
-Where transformers 4.57.6 is wrong, we are not (the tests show both):
-- a PIL image 1 or 3 pixels high is read by transformers as a channels-first array; we never ask a
-  PIL image for its layout;
-- a float image already in [0, 1] is rescaled by 1/255 a second time by transformers unless
-  ``do_rescale=False``; we leave it unscaled (and warn), giving what transformers gives with
-  ``do_rescale=False``.
+The pieces live by what they are about:
+- image_inputs.py: any input (PIL of any mode, path, numpy / torch / tf / jax, lists) -> single images
+  with a known channel layout;
+- image_transforms.py: resize, crop, rescale + normalise (where the speed comes from), one image at a
+  time on a thread pool;
+- tensors.py: the output batch (BatchFeature) and ``return_tensors``.
+This module resolves the settings of a call into one plan and hands it over. The names that lived here
+before the split (BatchFeature, to_framework, make_image_list) still import from here.
 
 numpy and Pillow only; torch / tensorflow / jax are imported only to convert inputs that already are
 their tensors, or when ``return_tensors`` asks for them.
@@ -26,28 +20,24 @@ their tensors, or when ``return_tensors`` asks for them.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import os
-import threading
 import warnings
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from .files import atomic_write_text, resolve_file
+from .image_inputs import CHANNELS_FIRST, channel_format, make_image_list
+from .image_transforms import Plan, process_images, resized_hw
+from .tensors import BatchFeature, tensor_type_name, to_framework
 
 IMAGE_PROCESSOR_NAME = "preprocessor_config.json"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BICUBIC = 3  # PIL.Image.Resampling.BICUBIC; transformers stores the plain int in its json
 
-_CHANNELS_FIRST = "channels_first"
-_CHANNELS_LAST = "channels_last"
 _VALID_SIZE_KEYS = (
     {"height", "width"},
     {"shortest_edge"},
@@ -70,70 +60,6 @@ _SETTINGS = (
     "do_convert_rgb",
 )
 PREPROCESS_KWARGS = frozenset(_SETTINGS) | {"data_format", "input_data_format", "num_threads"}
-
-
-# --------------------------------------------------------------------------------------------------
-# Outputs and tensor conversion
-# --------------------------------------------------------------------------------------------------
-
-
-def _tensor_type_name(return_tensors) -> str | None:
-    """'np' / 'pt' / 'tf' / 'jax' from a string or transformers' TensorType enum (whose value is the string)."""
-    if return_tensors is None:
-        return None
-    name = getattr(return_tensors, "value", return_tensors)
-    if name not in ("np", "pt", "tf", "jax"):
-        raise ValueError(
-            f"return_tensors must be one of 'np', 'pt', 'tf', 'jax' or None, got {return_tensors!r}"
-        )
-    return name
-
-
-def to_framework(array: np.ndarray, return_tensors) -> Any:
-    """A numpy array as the framework's tensor; the framework is imported only now, when asked for."""
-    name = _tensor_type_name(return_tensors)
-    if name in (None, "np"):
-        return array
-    if name == "pt":
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(array))
-    if name == "tf":
-        import tensorflow as tf
-
-        return tf.constant(array)
-    import jax.numpy as jnp
-
-    return jnp.asarray(array)
-
-
-class BatchFeature(dict):
-    """The processors' output: a dict (``out["pixel_values"]``) that also reads as attributes (``out.pixel_values``)."""
-
-    def __getattr__(self, name: str):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(
-                f"{type(self).__name__} has no field {name!r}; it has {list(self)}"
-            ) from None
-
-    @property
-    def data(self) -> dict:
-        return dict(self)
-
-    def convert_to_tensors(self, return_tensors) -> BatchFeature:
-        for key, value in self.items():
-            if isinstance(value, np.ndarray):
-                self[key] = to_framework(value, return_tensors)
-        return self
-
-    def to(self, *args, **kwargs) -> BatchFeature:
-        """torch only: move every torch tensor (``.to(device)`` / ``.to(dtype)``), like transformers' BatchFeature."""
-        for key, value in self.items():
-            if hasattr(value, "to") and type(value).__module__.startswith("torch"):
-                self[key] = value.to(*args, **kwargs)
-        return self
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,23 +87,6 @@ def get_size_dict(size, *, default_to_square: bool, param_name: str) -> dict[str
     return {key: int(value) for key, value in size.items()}
 
 
-def _resized_hw(height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
-    """transformers' output size: the short edge becomes size["shortest_edge"], the long edge is truncated.
-
-    Like transformers, "longest_edge" beside "shortest_edge" is ignored by CLIP's resize.
-    """
-    if "shortest_edge" in size:
-        target = size["shortest_edge"]
-        short, long = (width, height) if width <= height else (height, width)
-        new_long = int(target * long / short)
-        return (new_long, target) if width <= height else (target, new_long)
-    if "height" in size and "width" in size:
-        return size["height"], size["width"]
-    raise ValueError(
-        f"size must contain 'shortest_edge' or 'height' and 'width' to resize, got {sorted(size)}"
-    )
-
-
 def _per_channel(values, name: str) -> tuple[float, ...]:
     if isinstance(values, (int, float, np.floating, np.integer)):
         return (float(values),)
@@ -188,383 +97,6 @@ def _per_channel(values, name: str) -> tuple[float, ...]:
     if not values:
         raise ValueError(f"{name} must not be empty")
     return values
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Every setting of one preprocess() call, resolved and checked once for the whole batch."""
-
-    do_resize: bool
-    size: dict
-    resample: int
-    do_center_crop: bool
-    crop_hw: tuple[int, int]
-    do_rescale: bool
-    rescale_factor: float
-    do_normalize: bool
-    image_mean: tuple[float, ...]
-    image_std: tuple[float, ...]
-    do_convert_rgb: bool
-    data_format: str | None
-    input_data_format: str | None
-
-
-def _channel_format(value, name: str) -> str | None:
-    value = getattr(value, "value", value)  # transformers' ChannelDimension enum
-    if value is None:
-        return None
-    if value in (_CHANNELS_FIRST, _CHANNELS_LAST, "none"):
-        return value
-    raise ValueError(f"{name} must be 'channels_first', 'channels_last' or None, got {value!r}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading one image: PIL, numpy, torch / tf / jax, or a file path
-# --------------------------------------------------------------------------------------------------
-
-
-def _framework_to_numpy(image) -> np.ndarray | None:
-    """numpy for torch / tensorflow / jax tensors, recognised by their module so no framework is imported."""
-    module = type(image).__module__
-    if module.startswith("torch"):
-        tensor = image.detach().cpu()
-        if tensor.dtype.is_floating_point and tensor.element_size() < 4:  # bfloat16 has no numpy twin
-            tensor = tensor.float()
-        return tensor.numpy()
-    if module.startswith(("tensorflow", "tf_keras", "keras")) and hasattr(image, "numpy"):
-        return np.asarray(image.numpy())
-    if module.startswith(("jax", "jaxlib")):
-        return np.asarray(image)
-    return None
-
-
-def _to_array(image) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        return image
-    array = _framework_to_numpy(image)
-    if array is None:
-        raise ValueError(
-            "each image must be a PIL.Image.Image, a numpy array, a torch / tensorflow / jax tensor, or a path "
-            f"to an image file; got {type(image).__module__}.{type(image).__qualname__}"
-        )
-    return array
-
-
-def _open_path(path) -> Image.Image:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"image path {path!r} is not an existing file (URLs are not fetched: download first)"
-        )
-    with Image.open(path) as image:
-        image.load()
-        return (
-            image.copy()
-            if image.mode != "P"
-            else image.convert("RGBA" if "transparency" in image.info else "RGB")
-        )
-
-
-def _infer_channels_last(shape: tuple[int, ...], input_data_format: str | None) -> bool:
-    """Whether a 3-D array is (height, width, channels): by the caller's word, else by which end looks like channels.
-
-    transformers assumes channels-first whenever both ends could be channels (shape (3, W, 3) or (1, 1, 3));
-    such a shape is ambiguous, so we ask the caller instead of guessing.
-    """
-    if input_data_format == _CHANNELS_LAST:
-        return True
-    if input_data_format == _CHANNELS_FIRST:
-        return False
-    for channel_counts in ((1, 3), (4, 2)):  # grey / RGB first, then RGBA / grey+alpha
-        first, last = shape[0] in channel_counts, shape[2] in channel_counts
-        if first and last:
-            raise ValueError(
-                f"cannot tell whether the channels of an image of shape {shape} are first or last; "
-                "pass input_data_format='channels_first' or 'channels_last'"
-            )
-        if first or last:
-            return last
-    raise ValueError(
-        f"cannot find the channel axis of an image of shape {shape}: neither the first nor the last axis "
-        "has 1, 2, 3 or 4 entries; pass input_data_format='channels_first' or 'channels_last'"
-    )
-
-
-def _as_hwc(array: np.ndarray, input_data_format: str | None) -> tuple[np.ndarray, bool]:
-    """An array image as (height, width, channels), checked for emptiness, dtype and non-finite values;
-    and whether it came channels-last (a 2-D image counts as channels-last)."""
-    channels_last = True
-    if array.ndim == 2:
-        array = array[:, :, None]  # (height, width): one grey channel
-    elif array.ndim == 3:
-        if input_data_format == "none":
-            raise ValueError(f"input_data_format='none' means a 2-D image, got shape {array.shape}")
-        channels_last = _infer_channels_last(array.shape, input_data_format)
-        if not channels_last:
-            array = array.transpose(1, 2, 0)
-    else:
-        raise ValueError(f"an image must have 2 or 3 dimensions (a batch 4), got shape {array.shape}")
-    if array.size == 0:
-        raise ValueError(f"image has zero size: shape {array.shape} (as height, width, channels)")
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255  # like PIL's mode "1" -> "L"
-    elif array.dtype.kind == "f":
-        if array.dtype.itemsize < 4:
-            array = array.astype(np.float32)
-        if not np.isfinite(array).all():
-            raise ValueError("image contains NaN or infinite values")
-    elif array.dtype.kind not in "ui":
-        raise ValueError(f"image dtype must be bool, integer or float, got {array.dtype}")
-    return array, channels_last
-
-
-def _convert_array_to_rgb(array: np.ndarray) -> np.ndarray:
-    """What PIL's convert('RGB') does for grey, grey+alpha, RGB and RGBA arrays (transformers leaves arrays alone)."""
-    channels = array.shape[2]
-    if channels == 3:
-        return array
-    if channels in (1, 2):
-        return np.repeat(array[:, :, :1], 3, axis=2)
-    if channels == 4:
-        return array[:, :, :3]
-    raise ValueError(f"cannot convert an image with {channels} channels to RGB")
-
-
-def _pil_for_processing(image: Image.Image, do_convert_rgb: bool) -> Image.Image | np.ndarray:
-    """A PIL image PIL can resize as is (RGB, L), else its pixels as an (H, W, C) array."""
-    if image.width == 0 or image.height == 0:
-        raise ValueError(f"image has zero size: {image.width}x{image.height} (width x height)")
-    if do_convert_rgb:
-        return image if image.mode == "RGB" else image.convert("RGB")
-    if image.mode in ("RGB", "L"):
-        return image
-    if image.mode == "1":
-        image = image.convert("L")
-    elif image.mode in ("P", "PA"):  # palette indices are no intensities
-        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
-    # RGBA and LA are resized channel by channel below: PIL would premultiply alpha and change the colours.
-    return _as_hwc(np.asarray(image), _CHANNELS_LAST)[0]
-
-
-# --------------------------------------------------------------------------------------------------
-# Resize, crop, rescale + normalise
-# --------------------------------------------------------------------------------------------------
-
-
-def _uint8_for_resize(array: np.ndarray) -> tuple[np.ndarray, bool]:
-    """The uint8 pixels PIL resizes, and whether they were scaled up from [0, 1] (to scale back after).
-
-    transformers' rules: integer-valued images in [0, 255] are cast; float images in [0, 1] are multiplied
-    by 255 (float64, then float32) and truncated. transformers refuses float images with fractional values
-    above 1; we round those to the nearest integer instead (if they lie in [0, 255]).
-    """
-    if array.dtype == np.uint8:
-        return array, False
-    low, high = array.min(), array.max()
-    if array.dtype.kind in "ui" or np.allclose(array, array.astype(int)):
-        if low < 0 or high > 255:
-            raise ValueError(f"image values must lie in [0, 255] to be resized, got [{low}, {high}]")
-        return array.astype(np.uint8), False
-    if low >= 0 and high <= 1:
-        return (array.astype(np.float64) * 255).astype(np.float32).astype(np.uint8), True
-    if low >= 0 and high <= 255:
-        return np.rint(array).astype(np.uint8), False
-    raise ValueError(f"float image values must lie in [0, 1] or [0, 255] to be resized, got [{low}, {high}]")
-
-
-def _resize_uint8(array: np.ndarray, hw: tuple[int, int], resample: int) -> np.ndarray:
-    """PIL resize of an (H, W, C) uint8 array: grey and RGB in one call, other channel counts one by one."""
-    height, width = hw
-    channels = array.shape[2]
-    if channels in (1, 3):
-        image = Image.fromarray(np.ascontiguousarray(array[:, :, 0] if channels == 1 else array))
-        return np.asarray(image.resize((width, height), resample=resample)).reshape(height, width, channels)
-    bands = [
-        np.asarray(
-            Image.fromarray(np.ascontiguousarray(array[:, :, c])).resize((width, height), resample=resample)
-        )
-        for c in range(channels)
-    ]
-    return np.stack(bands, axis=2)
-
-
-def _center_crop(array: np.ndarray, crop_hw: tuple[int, int]) -> np.ndarray:
-    """transformers' center crop of (H, W, C): offset (size - crop) // 2, zero padding where the image is smaller."""
-    height, width = array.shape[:2]
-    crop_h, crop_w = crop_hw
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    if top >= 0 and left >= 0:
-        return array[top : top + crop_h, left : left + crop_w]
-    # transformers pads to at least the crop size (ceil of half the shortfall before), then crops.
-    pad_h, pad_w = max(crop_h, height), max(crop_w, width)
-    top_pad, left_pad = -(-(pad_h - height) // 2), -(-(pad_w - width) // 2)
-    padded = np.zeros((pad_h, pad_w, array.shape[2]), dtype=array.dtype)
-    padded[top_pad : top_pad + height, left_pad : left_pad + width] = array
-    top, left = top + top_pad, left + left_pad
-    return padded[max(0, top) : top + crop_h, max(0, left) : left + crop_w]
-
-
-def _check_channels(values: tuple[float, ...], channels: int, name: str) -> tuple[float, ...]:
-    if len(values) == 1:
-        return values * channels
-    if len(values) != channels:
-        raise ValueError(f"{name} has {len(values)} values but the image has {channels} channels")
-    return values
-
-
-def _rescale_normalize(values: np.ndarray, plan: _Plan, pre_scale: float | None, rescale: bool) -> np.ndarray:
-    """transformers' arithmetic: rescales multiply in float64 and round to float32; normalise in the image's dtype."""
-    if pre_scale is not None:
-        values = (values.astype(np.float64) * pre_scale).astype(np.float32)
-    if rescale:
-        values = (values.astype(np.float64) * plan.rescale_factor).astype(np.float32)
-    if plan.do_normalize:
-        if values.dtype.kind != "f":
-            values = values.astype(np.float32)
-        channels = values.shape[-1]
-        mean = np.array(_check_channels(plan.image_mean, channels, "image_mean"), dtype=values.dtype)
-        std = np.array(_check_channels(plan.image_std, channels, "image_std"), dtype=values.dtype)
-        values = (values - mean) / std
-    return values.astype(np.float32, copy=False)
-
-
-@functools.lru_cache(maxsize=64)
-def _lookup_table(plan: _Plan, channels: int, pre_scale: float | None, rescale: bool) -> np.ndarray:
-    """[channels, 256] float32: the output value of every uint8 pixel value, by transformers' own arithmetic."""
-    values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, channels))
-    return np.ascontiguousarray(_rescale_normalize(values, plan, pre_scale, rescale).T)
-
-
-def _write_output(pixels: np.ndarray, plan: _Plan, pre_scale, rescale: bool, channels_first: bool, out):
-    """Rescale + normalise into ``out`` (allocated here if None), in the requested layout."""
-    height, width, channels = pixels.shape
-    if out is None:
-        out = np.empty((channels, height, width) if channels_first else (height, width, channels), np.float32)
-    if pixels.dtype == np.uint8:
-        table = _lookup_table(plan, channels, pre_scale, rescale)
-        for c in range(channels):
-            np.take(table[c], pixels[:, :, c], out=out[c] if channels_first else out[:, :, c], mode="clip")
-    else:
-        values = _rescale_normalize(pixels, plan, pre_scale, rescale)
-        out[...] = values.transpose(2, 0, 1) if channels_first else values
-    return out
-
-
-def _warn_already_scaled() -> None:
-    # Python's default warning filter shows this once per call site, not once per image.
-    warnings.warn(
-        "float images with values in [0, 1] are taken as already rescaled: rescale_factor is not applied to "
-        "them (transformers would apply it a second time unless do_rescale=False)",
-        UserWarning,
-        stacklevel=5,
-    )
-
-
-def _process_one(image, plan: _Plan, out: np.ndarray | None) -> np.ndarray:
-    """One image through the whole pipeline; writes into ``out`` when given (a slot of the batch array)."""
-    if isinstance(image, (str, os.PathLike)):
-        image = _open_path(image)
-    if isinstance(image, Image.Image):
-        source = _pil_for_processing(image, plan.do_convert_rgb)
-        source_was_channels_last = True
-    else:
-        source, source_was_channels_last = _as_hwc(_to_array(image), plan.input_data_format)
-        if plan.do_convert_rgb:
-            source = _convert_array_to_rgb(source)
-
-    already_scaled = False
-    if isinstance(source, np.ndarray) and source.dtype.kind == "f":
-        already_scaled = bool(source.min() >= 0 and source.max() <= 1)
-    rescale = plan.do_rescale and not already_scaled
-    if plan.do_rescale and already_scaled:
-        _warn_already_scaled()
-
-    pre_scale = None
-    if plan.do_resize:
-        if isinstance(source, Image.Image):
-            hw = _resized_hw(source.height, source.width, plan.size)
-            resized = (
-                source if hw == (source.height, source.width) else source.resize(hw[::-1], plan.resample)
-            )
-            pixels = np.asarray(resized)
-            pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
-        else:
-            pixels, scaled_up = _uint8_for_resize(source)
-            pixels = _resize_uint8(pixels, _resized_hw(*pixels.shape[:2], plan.size), plan.resample)
-            pre_scale = 1 / 255 if scaled_up else None
-    else:
-        pixels = np.asarray(source) if isinstance(source, Image.Image) else source
-        pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
-    if plan.do_center_crop:
-        pixels = _center_crop(pixels, plan.crop_hw)
-
-    channels_first = (
-        plan.data_format == _CHANNELS_FIRST if plan.data_format is not None else not source_was_channels_last
-    )
-    return _write_output(pixels, plan, pre_scale, rescale, channels_first, out)
-
-
-# --------------------------------------------------------------------------------------------------
-# Batches and threads
-# --------------------------------------------------------------------------------------------------
-
-
-def _is_array_like(value) -> bool:
-    return isinstance(value, np.ndarray) or _framework_module(value)
-
-
-def _framework_module(value) -> bool:
-    return type(value).__module__.split(".")[0] in ("torch", "tensorflow", "jax", "jaxlib") and hasattr(
-        value, "ndim"
-    )
-
-
-def make_image_list(images) -> list:
-    """A flat list of single images from one image, a list (nested one level), or a 4-D batch array."""
-    if isinstance(images, (list, tuple)):
-        if len(images) == 0:
-            raise ValueError("images is an empty list: give at least one image")
-        flat = []
-        for item in images:
-            if isinstance(item, (list, tuple)):
-                flat.extend(make_image_list(item) if item else [])
-            elif _is_array_like(item) and item.ndim == 4:
-                flat.extend(list(item))
-            else:
-                flat.append(item)
-        if not flat:
-            raise ValueError("images holds only empty lists: give at least one image")
-        return flat
-    if _is_array_like(images):
-        if images.ndim == 4:
-            if images.shape[0] == 0:
-                raise ValueError(f"images is an empty batch: shape {tuple(images.shape)}")
-            return list(images)
-        if images.ndim in (2, 3):
-            return [images]
-        raise ValueError(
-            f"an image array must have 2 or 3 dimensions, or 4 for a batch; got {images.ndim} (shape "
-            f"{tuple(images.shape)})"
-        )
-    return [images]
-
-
-_executor_lock = threading.Lock()
-_executor: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
-
-
-def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    """One shared pool, rebuilt after a fork (a DataLoader worker must not inherit its parent's dead threads)."""
-    global _executor
-    with _executor_lock:
-        if _executor is None or _executor[0] != os.getpid() or _executor[1] != workers:
-            _executor = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="clip-image"))
-        return _executor[2]
-
-
-def _default_threads() -> int:
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, available))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -641,7 +173,7 @@ class CLIPImageProcessor:
 
     # -- preprocessing ------------------------------------------------------------------------------
 
-    def _plan(self, overrides: dict) -> _Plan:
+    def _plan(self, overrides: dict) -> Plan:
         settings = {name: getattr(self, name) for name in _SETTINGS}
         settings.update({k: v for k, v in overrides.items() if v is not None and k in _SETTINGS})
         size = get_size_dict(settings["size"], default_to_square=False, param_name="size")
@@ -649,19 +181,19 @@ class CLIPImageProcessor:
         if settings["do_center_crop"] and set(crop) != {"height", "width"}:
             raise ValueError(f"crop_size must have 'height' and 'width', got {sorted(crop)}")
         if settings["do_resize"]:
-            _resized_hw(1, 1, size)  # checks the keys
+            resized_hw(1, 1, size)  # checks the keys
         rescale_factor = settings["rescale_factor"]
         if settings["do_rescale"] and not isinstance(rescale_factor, (int, float, np.number)):
             raise ValueError(f"rescale_factor must be a number, got {rescale_factor!r}")
         resample = int(getattr(settings["resample"], "value", settings["resample"]))
         if resample not in (0, 1, 2, 3, 4, 5):
             raise ValueError(f"resample must be a PIL resampling filter (0-5), got {settings['resample']!r}")
-        data_format = _channel_format(overrides.get("data_format"), "data_format")
+        data_format = channel_format(overrides.get("data_format"), "data_format")
         if data_format == "none":
             raise ValueError("data_format must be 'channels_first', 'channels_last' or None")
-        return _Plan(
+        return Plan(
             do_resize=bool(settings["do_resize"]),
-            size=_FrozenDict(size),
+            size=size,
             resample=resample,
             do_center_crop=bool(settings["do_center_crop"]),
             crop_hw=(crop.get("height", 0), crop.get("width", 0)),
@@ -672,7 +204,7 @@ class CLIPImageProcessor:
             image_std=_per_channel(settings["image_std"], "image_std"),
             do_convert_rgb=bool(settings["do_convert_rgb"]),
             data_format=data_format,
-            input_data_format=_channel_format(overrides.get("input_data_format"), "input_data_format"),
+            input_data_format=channel_format(overrides.get("input_data_format"), "input_data_format"),
         )
 
     def preprocess(
@@ -690,7 +222,7 @@ class CLIPImageProcessor:
         image_std: float | Sequence[float] | None = None,
         do_convert_rgb: bool | None = None,
         return_tensors=None,
-        data_format: str | None = _CHANNELS_FIRST,
+        data_format: str | None = CHANNELS_FIRST,
         input_data_format: str | None = None,
         num_threads: int | None = None,
         **kwargs,
@@ -712,34 +244,12 @@ class CLIPImageProcessor:
             warnings.warn(f"unused arguments to preprocess: {sorted(kwargs)}", UserWarning, stacklevel=2)
         plan = self._plan(dict(locals()))
         image_list = make_image_list(images)
-        tensor_type = _tensor_type_name(return_tensors)
+        tensor_type = tensor_type_name(return_tensors)
 
-        out = None
-        if tensor_type is not None and plan.do_center_crop and plan.do_convert_rgb and plan.data_format:
-            height, width = plan.crop_hw
-            shape = (3, height, width) if plan.data_format == _CHANNELS_FIRST else (height, width, 3)
-            out = np.empty((len(image_list), *shape), np.float32)
-
-        def run(index: int) -> np.ndarray:
-            return _process_one(image_list[index], plan, None if out is None else out[index])
-
-        threads = _default_threads() if num_threads is None else max(1, int(num_threads))
-        if threads > 1 and len(image_list) > 1:
-            results = list(_thread_pool(threads).map(run, range(len(image_list))))
-        else:
-            results = [run(i) for i in range(len(image_list))]
-
+        pixel_values = process_images(image_list, plan, tensor_type is not None, num_threads)
         if tensor_type is None:
-            return BatchFeature(pixel_values=results)
-        if out is None:
-            shapes = {r.shape for r in results}
-            if len(shapes) > 1:
-                raise ValueError(
-                    f"the processed images have different shapes {sorted(shapes)} and cannot form one tensor; "
-                    "center crop them (do_center_crop=True) or pass return_tensors=None for a list"
-                )
-            out = np.stack(results)
-        return BatchFeature(pixel_values=to_framework(out, tensor_type))
+            return BatchFeature(pixel_values=pixel_values)
+        return BatchFeature(pixel_values=to_framework(pixel_values, tensor_type))
 
     def __call__(self, images, **kwargs) -> BatchFeature:
         return self.preprocess(images, **kwargs)
@@ -796,13 +306,6 @@ class CLIPImageProcessor:
         return isinstance(other, CLIPImageProcessor) and self.to_dict() == other.to_dict()
 
 
-class _FrozenDict(dict):
-    """A hashable dict, so that a _Plan can key the lookup-table cache."""
-
-    def __hash__(self) -> int:  # type: ignore[override]
-        return hash(tuple(sorted(self.items())))
-
-
 class CLIPFeatureExtractor(CLIPImageProcessor):
     """Deprecated alias of CLIPImageProcessor (as in transformers); it warns and then behaves identically."""
 
@@ -815,4 +318,16 @@ class CLIPFeatureExtractor(CLIPImageProcessor):
         super().__init__(*args, **kwargs)
 
 
-__all__ = ["BatchFeature", "CLIPFeatureExtractor", "CLIPImageProcessor", "make_image_list", "to_framework"]
+__all__ = [
+    "BICUBIC",
+    "IMAGE_PROCESSOR_NAME",
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+    "PREPROCESS_KWARGS",
+    "BatchFeature",
+    "CLIPFeatureExtractor",
+    "CLIPImageProcessor",
+    "get_size_dict",
+    "make_image_list",
+    "to_framework",
+]

@@ -7,7 +7,8 @@ import warnings
 from typing import Any
 
 from .files import resolve_folder
-from .image_processing import PREPROCESS_KWARGS, BatchFeature, CLIPImageProcessor
+from .image_processing import PREPROCESS_KWARGS, CLIPImageProcessor
+from .tensors import BatchFeature
 
 
 def _load_tokenizer(folder: str, use_fast: bool):

@@ -43,6 +43,8 @@ from .bpe_vocab import (
     write_vocab_files,
 )
 from .files import atomic_write_text, resolve_folder
+from .tensors import BatchEncoding
+from .tensors import as_tensor as as_tensor  # re-exported: it lived here
 
 OPENAI_CONTEXT_LENGTH = 77
 # transformers' "no limit" model_max_length (saved as 1e30 when the folder names none).
@@ -111,49 +113,6 @@ def _gc_paused():
     finally:
         if enabled:
             gc.enable()
-
-
-class BatchEncoding(dict):
-    """transformers-style encoding: a dict (``enc["input_ids"]``) that also reads as attributes (``enc.input_ids``)."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __getstate__(self):
-        return dict(self)
-
-    def __setstate__(self, state):
-        self.update(state)
-
-    def convert_to_tensors(self, return_tensors: str | None) -> BatchEncoding:
-        for key, value in self.items():
-            self[key] = as_tensor(value, return_tensors)
-        return self
-
-
-def as_tensor(array, return_tensors: str | None):
-    """An int64 array as the requested framework's tensor; the framework is imported only when asked for."""
-    if return_tensors is None:
-        return array
-    array = np.asarray(array, dtype=np.int64)
-    if return_tensors == "np":
-        return array
-    if return_tensors == "pt":
-        import torch
-
-        return torch.from_numpy(array)
-    if return_tensors == "tf":
-        import tensorflow as tf
-
-        return tf.constant(array)
-    if return_tensors == "jax":
-        import jax.numpy as jnp
-
-        return jnp.asarray(array)
-    raise ValueError(f"return_tensors must be None, 'np', 'pt', 'tf' or 'jax', not {return_tensors!r}")
 
 
 def _read_json(path: str) -> dict:
