@@ -55,11 +55,20 @@ def bicubic_resize_matrix(in_size: int, out_size: int, a: float = TORCH_CUBIC_A)
     return matrix.astype(np.float32)
 
 
-def position_grid_resize(num_patches: int, grid_h: int, grid_w: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(rows [grid_h, side], cols [grid_w, side]) resizing the trained side x side position grid,
-    or None when the grid already has that size. A backend applies them to the patch positions
-    (all but the class position) as ``einsum("oi,ijd,pj->opd", rows, grid, cols)``."""
+def position_resize_matrix(num_patches: int, grid_h: int, grid_w: int) -> np.ndarray:
+    """[1 + grid_h * grid_w, 1 + num_patches] float32 matrix M: ``M @ positions`` resizes the trained
+    square grid of patch position embeddings bicubically to grid_h x grid_w and keeps the class
+    position (row and column 0) as it is. It is the identity when the grid already has that size.
+
+    The separable resize ``rows @ grid @ cols.T`` is written as one Kronecker product (weights
+    multiplied in float64, then rounded once), so every backend applies it as a single matmul.
+    """
     side = math.isqrt(num_patches)
-    if (grid_h, grid_w) == (side, side):
-        return None
-    return bicubic_resize_matrix(side, grid_h), bicubic_resize_matrix(side, grid_w)
+    if side * side != num_patches:
+        raise ValueError(f"interpolate_pos_encoding needs a square patch grid, got {num_patches} patches")
+    rows = bicubic_resize_matrix(side, grid_h).astype(np.float64)
+    cols = bicubic_resize_matrix(side, grid_w).astype(np.float64)
+    matrix = np.zeros((1 + grid_h * grid_w, 1 + num_patches))
+    matrix[0, 0] = 1.0
+    matrix[1:, 1:] = np.kron(rows, cols)
+    return matrix.astype(np.float32)

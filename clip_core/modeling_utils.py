@@ -7,6 +7,7 @@ and compilation details); the rules below are written once:
   ``get_config`` stores) or a transformers config object.
 - ``output_flags`` / ``as_requested``: ``output_attentions``, ``output_hidden_states`` and
   ``return_dict`` given per call or, when None, taken from the config (as transformers does).
+- ``clip_inputs``: CLIPModel's inputs checked together (each backend converts one tower's).
 - ``run_layers``: the encoder's layer loop that collects hidden states and attention maps.
 - ``text_output`` / ``vision_output`` / ``clip_output``: the output containers of the five
   public classes, built from a tower's output.
@@ -19,7 +20,9 @@ and compilation details); the rules below are written once:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from clip_core import validation
 from clip_core.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from clip_core.outputs import CLIPOutput, CLIPTextModelOutput, CLIPVisionModelOutput
 
@@ -75,6 +78,23 @@ def wants_dict(config, return_dict=None) -> bool:
 def as_requested(output, config, return_dict=None):
     """The output container, or its tuple when ``return_dict`` (else the config's) is False."""
     return output if wants_dict(config, return_dict) else output.to_tuple()
+
+
+def clip_inputs(
+    model, input_ids, pixel_values, attention_mask, position_ids, interpolate_pos_encoding, return_loss
+) -> tuple[tuple, Any]:
+    """CLIPModel's inputs, converted and checked: ((input_ids, attention_mask, position_ids), pixels).
+
+    ``model`` converts and checks each tower's inputs with its ``_text_inputs(config, ids, mask,
+    positions)`` and ``_pixel_inputs(config, pixels, interpolate_pos_encoding)``.
+    """
+    validation.require_inputs(input_ids=input_ids, pixel_values=pixel_values)
+    config = model.config
+    text = model._text_inputs(config.text_config, input_ids, attention_mask, position_ids)
+    pixels = model._pixel_inputs(config.vision_config, pixel_values, interpolate_pos_encoding)
+    if return_loss:  # batch sizes unknown while tracing (None) are not judged
+        validation.check_loss_batches(tuple(text[0].shape)[0], tuple(pixels.shape)[0])
+    return text, pixels
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,11 @@ class ModelKind:
     architecture: str  # transformers' PyTorch class, written to config.json "architectures"
     tf_model_name: str  # the Keras model name in transformers' tf_model.h5
 
+    @property
+    def with_projection(self) -> bool:
+        """A tower model that also holds its projection (text_embeds / image_embeds)."""
+        return self.name.endswith("_with_projection")
+
 
 MODEL_KINDS: dict[str, ModelKind] = {
     kind.name: kind

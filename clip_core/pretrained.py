@@ -21,6 +21,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from clip_core.config import CLIPConfig
 from clip_core.modeling_utils import as_config
 from clip_core.names import model_kind, select_for_model
 from clip_core.weights import load_state_dict, save_state_dict
@@ -53,10 +54,22 @@ def save_pretrained(
 
 
 class PretrainedModelMixin:
-    """from_pretrained / save_pretrained / load_canonical_state over the backend's three hooks."""
+    """from_pretrained / save_pretrained / load_canonical_state over the backend's hooks.
+
+    A public class names its ``model_kind``; its ``config_class`` and ``with_projection`` follow
+    from clip_core.names.MODEL_KINDS.
+    """
 
     model_kind = "clip"
+    config_class = CLIPConfig
+    with_projection = False
     default_formats: tuple[str, ...] = ("safetensors",)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "model_kind" in cls.__dict__:
+            kind = model_kind(cls.model_kind)
+            cls.config_class, cls.with_projection = kind.config_class, kind.with_projection
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):

@@ -76,6 +76,11 @@ def check_pixel_values(shape: Shape | None, config, interpolate_pos_encoding: bo
     Dimensions unknown while tracing (None) are taken to be the expected ones.
     """
     require_inputs(pixel_values=shape)
+    if interpolate_pos_encoding and len(shape) == 4 and None in tuple(shape)[2:]:
+        raise ValueError(
+            "interpolate_pos_encoding needs the image height and width known when the model is traced; "
+            "give tf.function an input_signature with static height and width"
+        )
     if len(shape) == 4:
         expected = (0, config.num_channels, config.image_size, config.image_size)
         shape = tuple(e if s is None else s for s, e in zip(shape, expected))

@@ -1,13 +1,10 @@
 """CLIP on Flax Linen: FlaxCLIPModel, FlaxCLIPTextModel(WithProjection), FlaxCLIPVisionModel(WithProjection).
 
-The building blocks mirror clip_torch/modeling.py and clip_tf/modeling.py in the same order and
-with the same names: embeddings, attention, MLP, encoder layer, encoder, text transformer, vision
-transformer, loss, public classes. Every submodule is named after its canonical (transformers
-PyTorch) module, so the params tree is exactly ``clip_core.layouts.to_flax_params`` of the
-canonical state (and transformers' flax_model.msgpack):
-``text_model/encoder/layers/0/self_attn/q_proj/kernel``. What is not framework code (config
-coercion, output options, input checks, init rules, from_pretrained / save_pretrained) lives in
-clip_core.
+Block for block the mirror of clip_torch/modeling.py (the architecture is explained there), in
+Flax Linen. Each submodule is named after its canonical module, so the params tree is exactly
+``clip_core.layouts.to_flax_params`` of the canonical state (and transformers' flax_model.msgpack):
+``text_model/encoder/layers/0/self_attn/q_proj/kernel``. Loading, init and running a module with
+its params are in clip_flax/pretrained.py and clip_core.
 
 Two layers of API, as in transformers: Linen modules (``FlaxCLIPModule`` ...) for users who manage
 params themselves (``module.apply({"params": params}, ...)``), and thin wrappers
@@ -15,9 +12,8 @@ params themselves (``module.apply({"params": params}, ...)``), and thin wrappers
 jit-compatible: shapes are checked in Python (they are static under tracing), id values only when
 the ids are concrete.
 
-``dtype`` is the compute dtype (e.g. bfloat16), ``param_dtype`` the dtype the params are kept in.
-Attention scales the queries, adds the mask in the compute dtype and takes the softmax in float32
-(as the other backends); the final L2 normalisation, the logits and the loss run in float32.
+``dtype`` is the compute dtype (e.g. bfloat16), ``param_dtype`` the dtype the params are kept in;
+the final L2 normalisation, the logits and the loss run in float32 whatever ``dtype`` is.
 """
 
 from __future__ import annotations
@@ -32,12 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from clip_core import outputs, validation
-from clip_core.config import CLIPTextConfig, CLIPVisionConfig
-from clip_core.interpolation import position_grid_resize
+from clip_core.interpolation import position_resize_matrix
 from clip_core.modeling_utils import (
     activation,
     activations,
     as_requested,
+    clip_inputs,
     clip_output,
     output_flags,
     run_layers,
@@ -117,22 +113,17 @@ class CLIPTextEmbeddings(_Block):
 
 
 class CLIPVisionEmbeddings(_Block):
-    """Patches (a strided conv) + class token + position embeddings, from channels-first pixels."""
+    """Channels-first pixels, transposed once for XLA's channels-last convolution."""
 
     def setup(self):
-        cfg = self.config
+        cfg, patch = self.config, (self.config.patch_size,) * 2
         self.class_embedding = self.param(
             "class_embedding", _normal(self), (cfg.hidden_size,), self.param_dtype
         )
-        self.patch_embedding = nn.Conv(
-            cfg.hidden_size,
-            kernel_size=(cfg.patch_size, cfg.patch_size),
-            strides=(cfg.patch_size, cfg.patch_size),
-            padding="VALID",
-            use_bias=False,
-            kernel_init=_normal(self),
-            **self._kwargs(),
+        conv = dict(
+            kernel_size=patch, strides=patch, padding="VALID", use_bias=False, kernel_init=_normal(self)
         )
+        self.patch_embedding = nn.Conv(cfg.hidden_size, **conv, **self._kwargs())
         self.position_embedding = _embed(self, cfg.num_patches + 1)
 
     def __call__(self, pixel_values, interpolate_pos_encoding=False):
@@ -143,20 +134,12 @@ class CLIPVisionEmbeddings(_Block):
         patches = patches.reshape(batch, grid_h * grid_w, width)
         class_token = jnp.broadcast_to(self.class_embedding.astype(self.dtype), (batch, 1, width))
         positions = self.position_embedding(jnp.arange(self.config.num_patches + 1))
-        if interpolate_pos_encoding:
-            positions = self.resized_positions(positions, grid_h, grid_w)
+        if interpolate_pos_encoding:  # static grid size under jit: the matrix is a constant
+            matrix = jnp.asarray(
+                position_resize_matrix(self.config.num_patches, grid_h, grid_w), positions.dtype
+            )
+            positions = jnp.matmul(matrix, positions, precision=jax.lax.Precision.HIGHEST)
         return jnp.concatenate([class_token, patches], axis=1) + positions[None]
-
-    def resized_positions(self, positions, grid_h: int, grid_w: int):
-        """Position embeddings for a grid_h x grid_w patch grid: the trained grid, resized bicubically."""
-        resize = position_grid_resize(self.config.num_patches, grid_h, grid_w)
-        if resize is None:
-            return positions
-        rows, cols = (jnp.asarray(m, positions.dtype) for m in resize)  # (grid_h, side), (grid_w, side)
-        side = rows.shape[1]
-        grid = positions[1:].reshape(side, side, -1)
-        resized = jnp.einsum("oi,ijd,pj->opd", rows, grid, cols, precision=jax.lax.Precision.HIGHEST)
-        return jnp.concatenate([positions[:1], resized.reshape(grid_h * grid_w, -1)], axis=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +147,7 @@ class CLIPVisionEmbeddings(_Block):
 
 
 class CLIPAttention(_Block):
-    """Multi-head self-attention; ``attention_bias`` is added to the scores (0 or a large negative)."""
+    """Self-attention as two einsums over (B, T, heads, head_dim); dropout from the "dropout" rng."""
 
     def setup(self):
         width = self.config.hidden_size
@@ -202,7 +185,7 @@ class CLIPMLP(_Block):
 
 
 class CLIPEncoderLayer(_Block):
-    """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+    """The pre-norm block; ``deterministic`` and ``output_attentions`` are positional (nn.remat)."""
 
     def setup(self):
         self.self_attn = CLIPAttention(self.config, **self._kwargs())
@@ -243,7 +226,7 @@ class CLIPEncoderLayers(_Block):
         output_attentions=False,
         output_hidden_states=False,
     ):
-        """(last hidden state, all hidden states or None, attention maps or None)."""
+        """The layer loop; under nn.remat each layer is recomputed in the backward pass."""
 
         def call(layer, x):  # positional: nn.remat's static arguments cannot be keywords
             return layer(x, attention_bias, deterministic, output_attentions)
@@ -266,11 +249,7 @@ class CLIPEncoder(_Block):
 
 
 def text_attention_bias(seq_len, attention_mask, dtype=jnp.float32):
-    """Causal mask plus padding mask, as an additive (B or 1, 1, T, T) bias in the compute dtype.
-
-    Masked scores get the dtype's most negative value, as in transformers (a key masked both ways
-    gets -inf; a row whose every visible key is padding attends uniformly to them).
-    """
+    """clip_torch.modeling.text_attention_bias in jnp ops (static seq_len under jit)."""
     most_negative = jnp.asarray(jnp.finfo(dtype).min, dtype)
     bias = jnp.where(jnp.tril(jnp.ones((seq_len, seq_len), bool)), jnp.zeros((), dtype), most_negative)[
         None, None
@@ -316,8 +295,8 @@ class CLIPTextTransformer(_Block):
         return outputs.BaseModelOutputWithPooling(last, pooled, all_hidden, attentions)
 
     def pooling_positions(self, input_ids):
-        """Where each text is pooled: its first eos token, or argmax(input_ids) for legacy configs."""
-        if self.config.uses_legacy_eos_pooling:  # OpenAI's rule: end-of-text has the largest id
+        """First eos (or, for legacy configs, the largest id) per row, for take_along_axis."""
+        if self.config.uses_legacy_eos_pooling:
             return first_index_where(input_ids == jnp.max(input_ids, axis=-1, keepdims=True))
         return first_index_where(input_ids == self.config.eos_token_id)
 
@@ -356,13 +335,13 @@ class CLIPVisionTransformer(_Block):
 
 
 def contrastive_loss(logits):
-    """Mean cross-entropy of each row against the diagonal (float32)."""
+    """Minus the mean diagonal of the row-wise log_softmax, in float32."""
     log_probs = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
     return -jnp.mean(jnp.diagonal(log_probs))
 
 
 def clip_loss(logits_per_text):
-    """Symmetric CLIP loss: the mean of the text->image and image->text cross-entropies, in float32."""
+    """The symmetric loss in float32 whatever the compute dtype (jit- and grad-friendly)."""
     logits = jnp.asarray(logits_per_text, jnp.float32)
     return (contrastive_loss(logits) + contrastive_loss(logits.T)) / 2.0
 
@@ -380,29 +359,30 @@ def _shape(x):
     return None if x is None else tuple(np.shape(x))
 
 
-def _check_text(config, input_ids, attention_mask, position_ids):
-    id_range, integer = None, True
-    if input_ids is not None and not isinstance(input_ids, jax.core.Tracer) and np.size(input_ids):
-        ids = np.asarray(input_ids)
-        integer = np.issubdtype(ids.dtype, np.integer)
-        id_range = (int(ids.min()), int(ids.max())) if integer else None
-    shapes = map(_shape, (input_ids, attention_mask, position_ids))
-    validation.check_text_inputs(config, *shapes, id_range=id_range, integer_ids=integer)
-
-
-def _check_pixels(config, pixel_values, interpolate_pos_encoding):
-    validation.check_pixel_values(_shape(pixel_values), config, bool(interpolate_pos_encoding))
-
-
 class _Head(_Block):
     remat: bool = False
 
     def _tower_kwargs(self) -> dict:
         return dict(**self._kwargs(), remat=self.remat)
 
+    def _text_inputs(self, config, input_ids, attention_mask, position_ids):
+        """The text inputs, checked on what JAX knows: shapes always, id values when concrete."""
+        id_range, integer = None, True
+        if input_ids is not None and not isinstance(input_ids, jax.core.Tracer) and np.size(input_ids):
+            ids = np.asarray(input_ids)
+            integer = np.issubdtype(ids.dtype, np.integer)
+            id_range = (int(ids.min()), int(ids.max())) if integer else None
+        shapes = map(_shape, (input_ids, attention_mask, position_ids))
+        validation.check_text_inputs(config, *shapes, id_range=id_range, integer_ids=integer)
+        return input_ids, attention_mask, position_ids
+
+    def _pixel_inputs(self, config, pixel_values, interpolate_pos_encoding):
+        validation.check_pixel_values(_shape(pixel_values), config, bool(interpolate_pos_encoding))
+        return pixel_values
+
 
 class _TextModule(_Head):
-    """The text transformer, and with ``with_projection`` its projection (text_embeds, not normalised)."""
+    """FlaxCLIPTextModule and, with ``with_projection``, FlaxCLIPTextModelWithProjectionModule."""
 
     with_projection = False
 
@@ -421,16 +401,16 @@ class _TextModule(_Head):
         output_hidden_states=None,
         return_dict=None,
     ):
-        _check_text(self.config, input_ids, attention_mask, position_ids)
+        inputs = self._text_inputs(self.config, input_ids, attention_mask, position_ids)
         flags = output_flags(self.config, output_attentions, output_hidden_states)
-        output = self.text_model(input_ids, attention_mask, position_ids, deterministic, **flags)
+        output = self.text_model(*inputs, deterministic, **flags)
         if self.with_projection:
             output = text_output(output, self.text_projection(output.pooler_output))
         return as_requested(output, self.config, return_dict)
 
 
 class _VisionModule(_Head):
-    """The vision transformer, and with ``with_projection`` its projection (image_embeds, not normalised)."""
+    """FlaxCLIPVisionModule and, with ``with_projection``, FlaxCLIPVisionModelWithProjectionModule."""
 
     with_projection = False
 
@@ -448,10 +428,10 @@ class _VisionModule(_Head):
         return_dict=None,
         interpolate_pos_encoding=False,
     ):
-        _check_pixels(self.config, pixel_values, interpolate_pos_encoding)
+        pixels = self._pixel_inputs(self.config, pixel_values, interpolate_pos_encoding)
         flags = output_flags(self.config, output_attentions, output_hidden_states)
         output = self.vision_model(
-            pixel_values, deterministic, **flags, interpolate_pos_encoding=interpolate_pos_encoding
+            pixels, deterministic, **flags, interpolate_pos_encoding=interpolate_pos_encoding
         )
         if self.with_projection:
             output = vision_output(output, self.visual_projection(output.pooler_output))
@@ -459,27 +439,27 @@ class _VisionModule(_Head):
 
 
 class FlaxCLIPTextModule(_TextModule):
-    """The text tower: last_hidden_state and pooler_output (the end-of-text token's state)."""
+    """Linen module of FlaxCLIPTextModel (``module.apply({"params": p}, input_ids, ...)``)."""
 
 
 class FlaxCLIPTextModelWithProjectionModule(_TextModule):
-    """The text tower + text_projection: text_embeds as CLIPModel projects them (not normalised)."""
+    """Linen module of FlaxCLIPTextModelWithProjection."""
 
     with_projection = True
 
 
 class FlaxCLIPVisionModule(_VisionModule):
-    """The vision tower: last_hidden_state and pooler_output (the class token's state)."""
+    """Linen module of FlaxCLIPVisionModel (channels-first pixel_values)."""
 
 
 class FlaxCLIPVisionModelWithProjectionModule(_VisionModule):
-    """The vision tower + visual_projection: image_embeds as CLIPModel projects them (not normalised)."""
+    """Linen module of FlaxCLIPVisionModelWithProjection."""
 
     with_projection = True
 
 
 class FlaxCLIPModule(_Head):
-    """Both towers, their projections and the learned temperature."""
+    """Linen module of FlaxCLIPModel; get_text_features / get_image_features as ``method=``."""
 
     def setup(self):
         cfg = self.config
@@ -491,17 +471,15 @@ class FlaxCLIPModule(_Head):
         self.logit_scale = self.param("logit_scale", init, (), self.param_dtype)
 
     def get_text_features(self, input_ids, attention_mask=None, position_ids=None, deterministic=True):
-        """Projected (not normalised) text embeddings (B, projection_dim)."""
-        _check_text(self.config.text_config, input_ids, attention_mask, position_ids)
-        text = self.text_model(input_ids, attention_mask, position_ids, deterministic)
+        """The Linen method behind FlaxCLIPModel.get_text_features."""
+        inputs = self._text_inputs(self.config.text_config, input_ids, attention_mask, position_ids)
+        text = self.text_model(*inputs, deterministic)
         return self.text_projection(text.pooler_output)
 
     def get_image_features(self, pixel_values, deterministic=True, interpolate_pos_encoding=False):
-        """Projected (not normalised) image embeddings (B, projection_dim)."""
-        _check_pixels(self.config.vision_config, pixel_values, interpolate_pos_encoding)
-        vision = self.vision_model(
-            pixel_values, deterministic, interpolate_pos_encoding=interpolate_pos_encoding
-        )
+        """The Linen method behind FlaxCLIPModel.get_image_features."""
+        pixels = self._pixel_inputs(self.config.vision_config, pixel_values, interpolate_pos_encoding)
+        vision = self.vision_model(pixels, deterministic, interpolate_pos_encoding=interpolate_pos_encoding)
         return self.visual_projection(vision.pooler_output)
 
     def __call__(
@@ -517,16 +495,14 @@ class FlaxCLIPModule(_Head):
         interpolate_pos_encoding=False,
         return_loss=False,
     ):
-        validation.require_inputs(input_ids=input_ids, pixel_values=pixel_values)
-        _check_text(self.config.text_config, input_ids, attention_mask, position_ids)
-        _check_pixels(self.config.vision_config, pixel_values, interpolate_pos_encoding)
-        if return_loss:
-            validation.check_loss_batches(np.shape(input_ids)[0], np.shape(pixel_values)[0])
+        inputs, pixels = clip_inputs(
+            self, input_ids, pixel_values, attention_mask, position_ids, interpolate_pos_encoding, return_loss
+        )
         flags = output_flags(self.config, output_attentions, output_hidden_states)
         vision = self.vision_model(
-            pixel_values, deterministic, **flags, interpolate_pos_encoding=interpolate_pos_encoding
+            pixels, deterministic, **flags, interpolate_pos_encoding=interpolate_pos_encoding
         )
-        text = self.text_model(input_ids, attention_mask, position_ids, deterministic, **flags)
+        text = self.text_model(*inputs, deterministic, **flags)
         # Normalisation and logits in float32 whatever the compute dtype (stable logits and loss).
         image_embeds = l2_normalize(self.visual_projection(vision.pooler_output).astype(jnp.float32))
         text_embeds = l2_normalize(self.text_projection(text.pooler_output).astype(jnp.float32))
@@ -541,8 +517,6 @@ class FlaxCLIPModule(_Head):
 
 
 class _TextPreTrainedModel(FlaxCLIPPreTrainedModel):
-    config_class = CLIPTextConfig
-
     def __call__(
         self,
         input_ids=None,
@@ -562,8 +536,6 @@ class _TextPreTrainedModel(FlaxCLIPPreTrainedModel):
 
 
 class _VisionPreTrainedModel(FlaxCLIPPreTrainedModel):
-    config_class = CLIPVisionConfig
-
     def __call__(
         self,
         pixel_values=None,
@@ -584,29 +556,62 @@ class _VisionPreTrainedModel(FlaxCLIPPreTrainedModel):
 
 
 class FlaxCLIPTextModel(_TextPreTrainedModel):
+    """The text tower with its params: last_hidden_state and pooler_output (the end-of-text state).
+
+    Args:
+        config: the text tower's config (its dict and transformers' configs are converted).
+        dtype: the compute dtype (jnp.bfloat16 for bf16); param_dtype: the params' dtype.
+        remat: recompute each layer in the backward pass (nn.remat).
+
+    Example:
+        >>> model = FlaxCLIPTextModel.from_pretrained("path/to/clip")
+        >>> out = model(**tokenizer(["a photo of a cat"], return_tensors="np", padding=True))
+        >>> out = jax.jit(lambda p, ids: model(ids, params=p))(model.params, ids)  # params as input
+    """
+
     module_class = FlaxCLIPTextModule
     model_kind = "text"
 
 
 class FlaxCLIPTextModelWithProjection(_TextPreTrainedModel):
+    """The text tower and text_projection with their params: ``text_embeds`` (not normalised)."""
+
     module_class = FlaxCLIPTextModelWithProjectionModule
     model_kind = "text_with_projection"
 
 
 class FlaxCLIPVisionModel(_VisionPreTrainedModel):
+    """The vision tower with its params: last_hidden_state and pooler_output (the class token).
+
+    Example:
+        >>> model = FlaxCLIPVisionModel.from_pretrained("path/to/clip", jnp.bfloat16)  # dtype as transformers
+        >>> out = model(pixel_values=processor(images=images, return_tensors="np")["pixel_values"])
+    """
+
     module_class = FlaxCLIPVisionModule
     model_kind = "vision"
 
 
 class FlaxCLIPVisionModelWithProjection(_VisionPreTrainedModel):
+    """The vision tower and visual_projection with their params: ``image_embeds`` (not normalised)."""
+
     module_class = FlaxCLIPVisionModelWithProjectionModule
     model_kind = "vision_with_projection"
 
 
 class FlaxCLIPModel(FlaxCLIPPreTrainedModel):
-    """Both towers, their projections and the learned temperature.
+    """Both towers, their projections and the learned temperature, with their params.
 
-    ``input_shape`` is ((batch, seq), (batch, channels, height, width)) (pixels channels-first).
+    Args:
+        config: the model's CLIPConfig (its dict and transformers' CLIPConfig are converted).
+        input_shape: ((batch, seq), (batch, channels, height, width)) for the random init.
+        seed, dtype, param_dtype, remat, _do_init: as transformers' FlaxCLIPModel (+ remat).
+
+    Example:
+        >>> model = FlaxCLIPModel.from_pretrained("path/to/clip")
+        >>> out = model(**processor(text=texts, images=images, return_tensors="np", padding=True))
+        >>> probs = jax.nn.softmax(out.logits_per_image, axis=-1)
+        >>> loss = model(**inputs, params=params, return_loss=True, train=True, dropout_rng=rng).loss
     """
 
     module_class = FlaxCLIPModule
@@ -652,7 +657,7 @@ class FlaxCLIPModel(FlaxCLIPPreTrainedModel):
         output_hidden_states=None,
         return_dict=None,
     ):
-        """Projected (not normalised) text embeddings (B, projection_dim)."""
+        """``text_projection`` of the pooled text state: a (B, projection_dim) jax.Array (jit-able)."""
         validation.require_inputs(input_ids=input_ids)
         ids = map(ids_array, (input_ids, attention_mask, position_ids))
         return self._apply(params, dropout_rng, train, *ids, method=FlaxCLIPModule.get_text_features)
@@ -668,11 +673,13 @@ class FlaxCLIPModel(FlaxCLIPPreTrainedModel):
         interpolate_pos_encoding=False,
         return_dict=None,
     ):
-        """Projected (not normalised) image embeddings (B, projection_dim)."""
+        """``visual_projection`` of the pooled image state: a (B, projection_dim) jax.Array (jit-able)."""
         validation.require_inputs(pixel_values=pixel_values)
         interpolate = dict(interpolate_pos_encoding=bool(interpolate_pos_encoding))
         method = FlaxCLIPModule.get_image_features
-        return self._apply(params, dropout_rng, train, pixels_array(pixel_values), **interpolate, method=method)
+        return self._apply(
+            params, dropout_rng, train, pixels_array(pixel_values), **interpolate, method=method
+        )
 
 
 __all__ = [

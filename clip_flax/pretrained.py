@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import unfreeze
 
-from clip_core.config import CLIPConfig
 from clip_core.layouts import canonical_name_from_flax, from_flax_params, to_flax_params
 from clip_core.modeling_utils import as_config, init_rule
 from clip_core.pretrained import PretrainedModelMixin
@@ -40,7 +39,6 @@ class FlaxCLIPPreTrainedModel(PretrainedModelMixin):
     go through canonical numpy state (clip_core.pretrained).
     """
 
-    config_class: type = CLIPConfig
     module_class: type  # the Linen module the class runs
 
     def __init__(

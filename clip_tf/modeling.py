@@ -1,17 +1,16 @@
 """CLIP on TensorFlow with Keras 3: TFCLIPModel, TFCLIPTextModel(WithProjection), TFCLIPVisionModel(WithProjection).
 
-The building blocks mirror clip_torch/modeling.py and clip_flax/modeling.py in the same order and
-with the same names: embeddings, attention, MLP, encoder layer, encoder, text transformer, vision
-transformer, loss, public classes. Every Keras layer is named after its canonical (transformers
-PyTorch) module, so a variable's Keras path spells its canonical name:
-``tfclip_model/text_model/encoder/layers.0/self_attn/q_proj/kernel`` is
-``text_model.encoder.layers.0.self_attn.q_proj.weight`` (``canonical_name``). What is not framework
-code (config coercion, output options, input checks, init rules, from_pretrained /
-save_pretrained) lives in clip_core.
+Block for block the mirror of clip_torch/modeling.py (the architecture is explained there), in
+Keras 3 layers on TensorFlow. Each layer is named after its canonical module, so a variable's Keras
+path spells the canonical name: ``tfclip_model/text_model/encoder/layers.0/self_attn/q_proj/kernel``
+is ``text_model.encoder.layers.0.self_attn.q_proj.weight`` (``canonical_name``). Loading, init and
+input handling are in clip_tf/pretrained.py and clip_core.
 
-Attention scales the queries, adds the mask in the compute dtype and takes the softmax in float32,
-as the other backends. We import ``keras`` (Keras 3), never ``tf.keras``: once transformers' TF
-models are imported, TF_USE_LEGACY_KERAS=1 makes ``tf.keras`` the legacy tf-keras package.
+TF specifics: Dense and LayerNorm layers hold the variables but are evaluated by ``apply_dense`` /
+``apply_layer_norm`` (fewer ops inside tf.function); Keras wants non-tensor arguments by keyword;
+layers serialise through ``get_config`` (the clip_core config's dict). We import ``keras`` (Keras 3),
+never ``tf.keras``: once transformers' TF models are imported, TF_USE_LEGACY_KERAS=1 makes
+``tf.keras`` the legacy tf-keras package.
 """
 
 from __future__ import annotations
@@ -19,14 +18,14 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from clip_core import validation
-from clip_core.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
-from clip_core.interpolation import position_grid_resize
+from clip_core.config import CLIPTextConfig, CLIPVisionConfig
+from clip_core.interpolation import position_resize_matrix
 from clip_core.modeling_utils import (
     activation,
     activations,
     as_config,
     as_requested,
+    clip_inputs,
     clip_output,
     output_flags,
     run_layers,
@@ -147,7 +146,7 @@ class CLIPTextEmbeddings(_ConfiguredLayer):
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class CLIPVisionEmbeddings(_ConfiguredLayer):
-    """Patches (a strided conv) + class token + position embeddings, from channels-first pixels."""
+    """Channels-first pixels, transposed once for TF's channels-last Conv2D (faster on CPU)."""
 
     config_class = CLIPVisionConfig
 
@@ -183,25 +182,10 @@ class CLIPVisionEmbeddings(_ConfiguredLayer):
         patches = tf.reshape(patches, (batch, -1, width))  # (B, grid_h * grid_w, C)
         class_token = tf.broadcast_to(tf.cast(self.class_embedding, self.compute_dtype), (batch, 1, width))
         positions = tf.cast(self.position_embedding.embeddings, self.compute_dtype)
-        if interpolate_pos_encoding:
-            positions = self.resized_positions(positions, grid_h, grid_w)
+        if interpolate_pos_encoding:  # static height and width (checked with the inputs)
+            matrix = position_resize_matrix(self.config.num_patches, grid_h, grid_w)
+            positions = tf.matmul(tf.constant(matrix, positions.dtype), positions)
         return tf.concat([class_token, patches], axis=1) + positions[None]
-
-    def resized_positions(self, positions, grid_h, grid_w):
-        """Position embeddings for a grid_h x grid_w patch grid: the trained grid, resized bicubically."""
-        if grid_h is None or grid_w is None:
-            raise ValueError(
-                "interpolate_pos_encoding needs the image height and width known when the model is traced; "
-                "give tf.function an input_signature with static height and width"
-            )
-        resize = position_grid_resize(self.config.num_patches, grid_h, grid_w)
-        if resize is None:
-            return positions
-        rows, cols = (tf.constant(m, dtype=positions.dtype) for m in resize)  # (grid_h, side), (grid_w, side)
-        side = rows.shape[1]
-        grid = tf.reshape(positions[1:], (side, side, -1))
-        resized = tf.einsum("oi,ijd,pj->opd", rows, grid, cols)
-        return tf.concat([positions[:1], tf.reshape(resized, (grid_h * grid_w, -1))], axis=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +194,7 @@ class CLIPVisionEmbeddings(_ConfiguredLayer):
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class CLIPAttention(_ConfiguredLayer):
-    """Multi-head self-attention; ``attention_bias`` is added to the scores (0 or a large negative)."""
+    """Self-attention with (B, heads, T, head_dim) batched matmuls; the Dense layers run as apply_dense."""
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
@@ -264,7 +248,7 @@ class CLIPMLP(_ConfiguredLayer):
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class CLIPEncoderLayer(_ConfiguredLayer):
-    """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+    """The pre-norm block, its LayerNorms evaluated by apply_layer_norm."""
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
@@ -309,7 +293,7 @@ class CLIPEncoder(_ConfiguredLayer):
         output_hidden_states=False,
         training=False,
     ):
-        """(last hidden state, all hidden states or None, attention maps or None)."""
+        """Keras needs non-tensor arguments by keyword: the layer loop passes them so."""
 
         def call(layer, x):
             return layer(
@@ -324,11 +308,7 @@ class CLIPEncoder(_ConfiguredLayer):
 
 
 def text_attention_bias(seq_len, attention_mask, dtype):
-    """Causal mask plus padding mask, as an additive (B or 1, 1, T, T) bias in the compute dtype.
-
-    Masked scores get the dtype's most negative value, as in transformers (a key masked both ways
-    gets -inf; a row whose every visible key is padding attends uniformly to them).
-    """
+    """clip_torch.modeling.text_attention_bias in TF ops (band_part for the causal part)."""
     most_negative = tf.constant(tf.as_dtype(dtype).min, dtype)
     visible = tf.linalg.band_part(tf.ones((seq_len, seq_len), tf.bool), -1, 0)
     bias = tf.where(visible, tf.zeros((), dtype), most_negative)[None, None]
@@ -382,8 +362,8 @@ class CLIPTextTransformer(_ConfiguredLayer):
         return BaseModelOutputWithPooling(last, pooled, all_hidden, attentions)
 
     def pooling_positions(self, input_ids):
-        """Where each text is pooled: its first eos token, or argmax(input_ids) for legacy configs."""
-        if self.config.uses_legacy_eos_pooling:  # OpenAI's rule: end-of-text has the largest id
+        """First eos (or, for legacy configs, the largest id) per row, as int32 for tf.gather."""
+        if self.config.uses_legacy_eos_pooling:
             return first_index_where(input_ids == tf.reduce_max(input_ids, axis=-1, keepdims=True))
         return first_index_where(input_ids == tf.cast(self.config.eos_token_id, input_ids.dtype))
 
@@ -432,13 +412,13 @@ class CLIPVisionTransformer(_ConfiguredLayer):
 
 
 def contrastive_loss(logits):
-    """Mean cross-entropy of each row against the diagonal."""
+    """Row-wise sparse softmax cross-entropy against the diagonal, averaged."""
     labels = tf.range(tf.shape(logits)[0])
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
 
 
 def clip_loss(logits_per_text):
-    """Symmetric CLIP loss: the mean of the text->image and image->text cross-entropies, in float32."""
+    """The symmetric loss over logits cast to float32 (a bf16 policy keeps a float32 loss)."""
     logits = tf.cast(logits_per_text, tf.float32)
     return (contrastive_loss(logits) + contrastive_loss(tf.transpose(logits))) / 2.0
 
@@ -452,10 +432,7 @@ def l2_normalize(x):
 
 
 class _TextTower(TFCLIPPreTrainedModel):
-    """The text transformer, and with ``with_projection`` its projection (text_embeds, not normalised)."""
-
-    config_class = CLIPTextConfig
-    with_projection = False
+    """TFCLIPTextModel and, with ``with_projection``, TFCLIPTextModelWithProjection."""
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
@@ -488,10 +465,7 @@ class _TextTower(TFCLIPPreTrainedModel):
 
 
 class _VisionTower(TFCLIPPreTrainedModel):
-    """The vision transformer, and with ``with_projection`` its projection (image_embeds, not normalised)."""
-
-    config_class = CLIPVisionConfig
-    with_projection = False
+    """TFCLIPVisionModel and, with ``with_projection``, TFCLIPVisionModelWithProjection."""
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
@@ -528,44 +502,76 @@ class _VisionTower(TFCLIPPreTrainedModel):
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class TFCLIPTextModel(_TextTower):
-    """The text tower: last_hidden_state and pooler_output (the end-of-text token's state)."""
+    """The text tower as a Keras model: last_hidden_state and pooler_output.
+
+    Args:
+        config: the text tower's config (a CLIPTextConfig, a dict, or transformers' own).
+        dtype: a Keras dtype policy or its name ("float32", "bfloat16", "mixed_bfloat16").
+
+    Example:
+        >>> model = TFCLIPTextModel.from_pretrained("path/to/clip")
+        >>> out = model(**tokenizer(["a photo of a cat"], return_tensors="tf", padding=True))
+        >>> out.pooler_output.shape  # (1, hidden_size)
+    """
 
     model_kind = "text"
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class TFCLIPTextModelWithProjection(_TextTower):
-    """The text tower + text_projection: text_embeds as CLIPModel projects them (not normalised)."""
+    """The text tower and its projection as a Keras model: ``text_embeds`` (not normalised).
+
+    Example:
+        >>> model = TFCLIPTextModelWithProjection.from_pretrained("path/to/clip")
+        >>> embeds = model(**tokenizer(texts, return_tensors="tf", padding=True)).text_embeds
+    """
 
     model_kind = "text_with_projection"
-    with_projection = True
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class TFCLIPVisionModel(_VisionTower):
-    """The vision tower: last_hidden_state and pooler_output (the class token's state)."""
+    """The vision tower as a Keras model: last_hidden_state and pooler_output (class token).
+
+    Example:
+        >>> model = TFCLIPVisionModel.from_pretrained("path/to/clip")
+        >>> out = model(pixel_values=processor(images=images, return_tensors="tf")["pixel_values"])
+    """
 
     model_kind = "vision"
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class TFCLIPVisionModelWithProjection(_VisionTower):
-    """The vision tower + visual_projection: image_embeds as CLIPModel projects them (not normalised)."""
+    """The vision tower and its projection as a Keras model: ``image_embeds`` (not normalised).
+
+    Example:
+        >>> model = TFCLIPVisionModelWithProjection.from_pretrained("path/to/clip")
+        >>> embeds = model(pixel_values=pixels).image_embeds  # pixels channels-first, as transformers
+    """
 
     model_kind = "vision_with_projection"
-    with_projection = True
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class TFCLIPModel(TFCLIPPreTrainedModel):
-    """Both towers, their projections and the learned temperature; ``fit`` trains with the CLIP loss.
+    """Both towers, their projections and the learned temperature, as a Keras model.
 
     ``model.compile(optimizer=...); model.fit(dataset)`` works on a dataset of dicts with input_ids,
     pixel_values and optionally attention_mask / position_ids: ``train_step`` asks the model for its
     own contrastive loss (no Keras loss function is needed).
+
+    Args:
+        config: the model's CLIPConfig (or its to_dict(), or transformers' CLIPConfig).
+        dtype: a Keras dtype policy or its name ("float32", "bfloat16", "mixed_bfloat16").
+
+    Example:
+        >>> model = TFCLIPModel.from_pretrained("path/to/clip")
+        >>> out = model(**processor(text=texts, images=images, return_tensors="tf", padding=True))
+        >>> probs = tf.nn.softmax(out.logits_per_image, axis=-1)
+        >>> fast = tf.function(model.get_image_features, jit_compile=True)  # XLA
     """
 
-    config_class = CLIPConfig
     model_kind = "clip"
 
     def __init__(self, config, **kwargs):
@@ -596,7 +602,7 @@ class TFCLIPModel(TFCLIPPreTrainedModel):
         return_dict=None,
         training=False,
     ):
-        """Projected (not normalised) text embeddings (B, projection_dim)."""
+        """``text_projection`` of the pooled text state: a (B, projection_dim) tf.Tensor."""
         inputs = self._text_inputs(self.config.text_config, input_ids, attention_mask, position_ids)
         return apply_dense(self.text_projection, self.text_model(*inputs, training=training).pooler_output)
 
@@ -609,7 +615,7 @@ class TFCLIPModel(TFCLIPPreTrainedModel):
         return_dict=None,
         training=False,
     ):
-        """Projected (not normalised) image embeddings (B, projection_dim)."""
+        """``visual_projection`` of the pooled image state: a (B, projection_dim) tf.Tensor."""
         pixels = self._pixel_inputs(self.config.vision_config, pixel_values, interpolate_pos_encoding)
         vision = self.vision_model(
             pixels, interpolate_pos_encoding=bool(interpolate_pos_encoding), training=training
@@ -629,11 +635,9 @@ class TFCLIPModel(TFCLIPPreTrainedModel):
         return_dict=None,
         training=False,
     ):
-        validation.require_inputs(input_ids=input_ids, pixel_values=pixel_values)
-        inputs = self._text_inputs(self.config.text_config, input_ids, attention_mask, position_ids)
-        pixels = self._pixel_inputs(self.config.vision_config, pixel_values, interpolate_pos_encoding)
-        if return_loss:
-            validation.check_loss_batches(inputs[0].shape[0], pixels.shape[0])
+        inputs, pixels = clip_inputs(
+            self, input_ids, pixel_values, attention_mask, position_ids, interpolate_pos_encoding, return_loss
+        )
         flags = output_flags(self.config, output_attentions, output_hidden_states)
         vision = self.vision_model(
             pixels, **flags, interpolate_pos_encoding=bool(interpolate_pos_encoding), training=training

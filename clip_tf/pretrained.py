@@ -15,7 +15,6 @@ import numpy as np
 import tensorflow as tf
 
 from clip_core import validation
-from clip_core.config import CLIPConfig
 from clip_core.layouts import canonical_name_from_tf, from_channels_last, to_channels_last
 from clip_core.modeling_utils import as_config, init_rule
 from clip_core.pretrained import PretrainedModelMixin
@@ -41,8 +40,6 @@ class TFCLIPPreTrainedModel(PretrainedModelMixin, keras.Model):
 
     ``_do_init=False`` builds the variables without drawing random values (from_pretrained fills them).
     """
-
-    config_class = CLIPConfig
 
     def __init__(self, config, _do_init: bool = True, **kwargs):
         super().__init__(**kwargs)

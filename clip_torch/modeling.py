@@ -1,19 +1,21 @@
 """CLIP on PyTorch: CLIPModel, CLIPTextModel(WithProjection), CLIPVisionModel(WithProjection).
 
-The building blocks mirror clip_tf/modeling.py and clip_flax/modeling.py in the same order and with
-the same names: embeddings, attention, MLP, encoder layer, encoder, text transformer, vision
-transformer, loss, public classes. Module attributes carry transformers' PyTorch names, so
-``state_dict()`` keys are the canonical names (``vision_model.pre_layrnorm.weight``, ...) and a
-checkpoint loads with ``torch.from_numpy`` and no renaming. No ``position_ids`` buffers: positions
-are made on the fly, so the state dict holds parameters only. What is not framework code (config
-coercion, output options, input checks, init rules, from_pretrained / save_pretrained) lives in
-clip_core.
+This file is the reference the other two backends mirror block for block (clip_tf/modeling.py,
+clip_flax/modeling.py: same names, same order), so the architecture is explained here once:
+embeddings, attention, MLP, encoder layer, encoder, text transformer, vision transformer, loss,
+public classes. Module attributes carry transformers' PyTorch names, so ``state_dict()`` keys are
+the canonical names (``vision_model.pre_layrnorm.weight``, ...) and a checkpoint loads with
+``torch.from_numpy`` and no renaming. No ``position_ids`` buffers: positions are made on the fly,
+so the state dict holds parameters only. The framework-free glue (config coercion, output options,
+input checks, init rules, loading and saving) is in clip_core; the torch half of loading, init and
+input handling in clip_torch/pretrained.py.
 
-Attention scales the queries, adds the mask in the compute dtype and takes the softmax in float32
-(the same convention in all three backends). It runs through ``F.scaled_dot_product_attention``
-unless attention maps are requested or ``attn_implementation="eager"``. Gradient checkpointing is
-one switch: ``CLIPModel(config, gradient_checkpointing=True)`` or
-``model.gradient_checkpointing_enable()``.
+The one attention convention of all three backends: queries are scaled by head_dim ** -0.5, the
+additive mask is in the compute dtype (its most negative value), the softmax runs in float32 and
+the probabilities go back to the compute dtype. Here it runs through
+``F.scaled_dot_product_attention`` unless attention maps are requested or
+``attn_implementation="eager"``. Gradient checkpointing is one switch:
+``CLIPModel(config, gradient_checkpointing=True)`` or ``model.gradient_checkpointing_enable()``.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from clip_core import validation
-from clip_core.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
-from clip_core.interpolation import position_grid_resize
+from clip_core.config import CLIPTextConfig, CLIPVisionConfig
+from clip_core.interpolation import position_resize_matrix
 from clip_core.modeling_utils import (
     activation,
     activations,
     as_requested,
+    clip_inputs,
     clip_output,
     output_flags,
     run_layers,
@@ -52,6 +54,8 @@ ACTIVATIONS = activations(
 
 
 class CLIPTextEmbeddings(nn.Module):
+    """Token embedding + learned absolute position embedding (positions 0..T-1 unless given)."""
+
     def __init__(self, config: CLIPTextConfig):
         super().__init__()
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -64,7 +68,8 @@ class CLIPTextEmbeddings(nn.Module):
 
 
 class CLIPVisionEmbeddings(nn.Module):
-    """Patches (a strided conv) + class token + position embeddings, from channels-first pixels."""
+    """Patches (a bias-free conv with stride = kernel = patch size) + a learned class token in front
+    + learned position embeddings, from channels-first pixels (B, C, H, W) -> (B, 1 + patches, C)."""
 
     def __init__(self, config: CLIPVisionConfig):
         super().__init__()
@@ -86,26 +91,16 @@ class CLIPVisionEmbeddings(nn.Module):
         patches = patches.flatten(2).transpose(1, 2)  # (B, grid_h * grid_w, C)
         class_token = self.class_embedding.expand(patches.shape[0], 1, -1)
         positions = self.position_embedding.weight
-        if interpolate_pos_encoding:
-            positions = self.resized_positions(positions, grid_h, grid_w)
+        if interpolate_pos_encoding:  # the trained grid resized bicubically, class position kept
+            positions = (
+                _resize_matrix(self.config.num_patches, int(grid_h), int(grid_w)).to(positions) @ positions
+            )
         return torch.cat([class_token, patches], dim=1) + positions[None]
-
-    def resized_positions(self, positions, grid_h, grid_w):
-        """Position embeddings for a grid_h x grid_w patch grid: the trained grid, resized bicubically."""
-        resize = _grid_resize(self.config.num_patches, int(grid_h), int(grid_w))
-        if resize is None:
-            return positions
-        rows, cols = (m.to(positions) for m in resize)  # (grid_h, side), (grid_w, side)
-        side = rows.shape[1]
-        grid = positions[1:].reshape(side, side, -1)
-        resized = torch.einsum("oi,ijd,pj->opd", rows, grid, cols)
-        return torch.cat([positions[:1], resized.reshape(grid_h * grid_w, -1)], dim=0)
 
 
 @torch.compiler.disable
-def _grid_resize(num_patches: int, grid_h: int, grid_w: int):
-    resize = position_grid_resize(num_patches, grid_h, grid_w)
-    return None if resize is None else tuple(torch.from_numpy(m) for m in resize)
+def _resize_matrix(num_patches: int, grid_h: int, grid_w: int):
+    return torch.from_numpy(position_resize_matrix(num_patches, grid_h, grid_w))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +108,8 @@ def _grid_resize(num_patches: int, grid_h: int, grid_w: int):
 
 
 class CLIPAttention(nn.Module):
-    """Multi-head self-attention; ``attention_bias`` is added to the scores (0 or a large negative)."""
+    """Multi-head self-attention with biased q/k/v/out projections; ``attention_bias`` (0 or the
+    dtype's most negative value) is added to the scores. Dropout on the probabilities when training."""
 
     def __init__(self, config, attn_implementation: str = "sdpa"):
         super().__init__()
@@ -147,6 +143,8 @@ class CLIPAttention(nn.Module):
 
 
 class CLIPMLP(nn.Module):
+    """fc1 (hidden -> intermediate), the config's activation (quick_gelu for OpenAI's models), fc2."""
+
     def __init__(self, config):
         super().__init__()
         self.config = config
@@ -176,6 +174,8 @@ class CLIPEncoderLayer(nn.Module):
 
 
 class CLIPEncoder(nn.Module):
+    """num_hidden_layers encoder layers, named ``layers.<i>``; the same stack in both towers."""
+
     def __init__(self, config, attn_implementation: str = "sdpa"):
         super().__init__()
         self.layers = nn.ModuleList(
@@ -186,7 +186,8 @@ class CLIPEncoder(nn.Module):
     def forward(
         self, hidden_states, attention_bias=None, output_attentions=False, output_hidden_states=False
     ):
-        """(last hidden state, all hidden states or None, attention maps or None)."""
+        """(last hidden state, all hidden states or None, attention maps or None); the hidden
+        states start with the layer input, as transformers'."""
         recompute = self.gradient_checkpointing and torch.is_grad_enabled()
 
         def call(layer, x):
@@ -220,6 +221,8 @@ def first_index_where(condition):
 
 
 class CLIPTextTransformer(nn.Module):
+    """Embeddings -> causal encoder (padding masked) -> final_layer_norm; pooled at the end-of-text token."""
+
     def __init__(self, config: CLIPTextConfig, attn_implementation: str = "sdpa"):
         super().__init__()
         self.config = config
@@ -245,13 +248,17 @@ class CLIPTextTransformer(nn.Module):
         return BaseModelOutputWithPooling(last, pooled, all_hidden, attentions)
 
     def pooling_positions(self, input_ids):
-        """Where each text is pooled: its first eos token, or argmax(input_ids) for legacy configs."""
+        """Where each text is pooled: its first ``eos_token_id``, or ``argmax(input_ids)`` for configs
+        written before transformers' fix (eos_token_id == 2), which relies on <|endoftext|> being the
+        largest id and breaks for added tokens (hence the eos rule)."""
         if self.config.uses_legacy_eos_pooling:  # OpenAI's rule: end-of-text has the largest id
             return first_index_where(input_ids == input_ids.amax(dim=-1, keepdim=True))
         return first_index_where(input_ids == self.config.eos_token_id)
 
 
 class CLIPVisionTransformer(nn.Module):
+    """Embeddings -> pre_layrnorm -> encoder (no mask) -> post_layernorm of the class token = pooled."""
+
     def __init__(self, config: CLIPVisionConfig, attn_implementation: str = "sdpa"):
         super().__init__()
         self.config = config
@@ -280,12 +287,15 @@ class CLIPVisionTransformer(nn.Module):
 
 
 def contrastive_loss(logits):
-    """Mean cross-entropy of each row against the diagonal."""
+    """Mean cross-entropy of each row against the diagonal (text i matches image i)."""
     return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
 
 
 def clip_loss(logits_per_text):
-    """Symmetric CLIP loss: the mean of the text->image and image->text cross-entropies, in float32."""
+    """Symmetric CLIP loss: the mean of the text->image and image->text cross-entropies, in float32.
+
+    The logits are ``exp(logit_scale) * text_embeds @ image_embeds.T`` of L2-normalised embeddings.
+    """
     logits = logits_per_text.float()
     return (contrastive_loss(logits) + contrastive_loss(logits.t())) / 2.0
 
@@ -299,10 +309,7 @@ def l2_normalize(x):
 
 
 class _TextTower(CLIPPreTrainedModel):
-    """The text transformer, and with ``with_projection`` its projection (text_embeds, not normalised)."""
-
-    config_class = CLIPTextConfig
-    with_projection = False
+    """CLIPTextModel and, with ``with_projection``, CLIPTextModelWithProjection (one code path)."""
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
@@ -330,10 +337,7 @@ class _TextTower(CLIPPreTrainedModel):
 
 
 class _VisionTower(CLIPPreTrainedModel):
-    """The vision transformer, and with ``with_projection`` its projection (image_embeds, not normalised)."""
-
-    config_class = CLIPVisionConfig
-    with_projection = False
+    """CLIPVisionModel and, with ``with_projection``, CLIPVisionModelWithProjection (one code path)."""
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
@@ -361,35 +365,70 @@ class _VisionTower(CLIPPreTrainedModel):
 
 
 class CLIPTextModel(_TextTower):
-    """The text tower: last_hidden_state and pooler_output (the end-of-text token's state)."""
+    """The text tower (an nn.Module): last_hidden_state and pooler_output (the end-of-text state).
+
+    Args:
+        config: a CLIPTextConfig (or a full CLIPConfig's dict, or a transformers config).
+        gradient_checkpointing: recompute each layer's activations in the backward pass.
+        attn_implementation: "sdpa" (default) or "eager".
+
+    Example:
+        >>> model = CLIPTextModel.from_pretrained("path/to/clip")  # eval mode
+        >>> with torch.no_grad():
+        ...     out = model(**tokenizer(["a photo of a cat"], return_tensors="pt", padding=True))
+    """
 
     model_kind = "text"
 
 
 class CLIPTextModelWithProjection(_TextTower):
-    """The text tower + text_projection: text_embeds as CLIPModel projects them (not normalised)."""
+    """The text tower and text_projection: ``text_embeds`` as CLIPModel projects them (not normalised).
+
+    Example:
+        >>> model = CLIPTextModelWithProjection.from_pretrained("path/to/clip", dtype=torch.bfloat16)
+        >>> embeds = model(**tokenizer(texts, return_tensors="pt", padding=True)).text_embeds
+    """
 
     model_kind = "text_with_projection"
-    with_projection = True
 
 
 class CLIPVisionModel(_VisionTower):
-    """The vision tower: last_hidden_state and pooler_output (the class token's state)."""
+    """The vision tower (an nn.Module): last_hidden_state and pooler_output (the class token).
+
+    Example:
+        >>> model = CLIPVisionModel.from_pretrained("path/to/clip")
+        >>> out = model(**processor(images=images, return_tensors="pt"))
+    """
 
     model_kind = "vision"
 
 
 class CLIPVisionModelWithProjection(_VisionTower):
-    """The vision tower + visual_projection: image_embeds as CLIPModel projects them (not normalised)."""
+    """The vision tower and visual_projection: ``image_embeds`` as CLIPModel projects them.
+
+    Example:
+        >>> model = CLIPVisionModelWithProjection.from_pretrained("path/to/clip")
+        >>> embeds = model(pixel_values=pixels).image_embeds  # (B, projection_dim), not normalised
+    """
 
     model_kind = "vision_with_projection"
-    with_projection = True
 
 
 class CLIPModel(CLIPPreTrainedModel):
-    """Both towers, their projections and the learned temperature."""
+    """Both towers, their projections and the learned temperature (an nn.Module).
 
-    config_class = CLIPConfig
+    Args:
+        config: a CLIPConfig (or its dict, or a transformers CLIPConfig).
+        gradient_checkpointing: recompute each layer's activations in the backward pass.
+        attn_implementation: "sdpa" (default) or "eager".
+
+    Example:
+        >>> model = CLIPModel.from_pretrained("path/to/clip")  # eval mode, float32
+        >>> with torch.no_grad():
+        ...     out = model(**processor(text=texts, images=images, return_tensors="pt", padding=True))
+        >>> probs = out.logits_per_image.softmax(dim=-1)
+    """
+
     model_kind = "clip"
 
     def __init__(self, config, **kwargs):
@@ -412,7 +451,7 @@ class CLIPModel(CLIPPreTrainedModel):
         output_hidden_states=None,
         return_dict=None,
     ):
-        """Projected (not normalised) text embeddings (B, projection_dim)."""
+        """``text_projection`` of the pooled text state: a (B, projection_dim) tensor, not normalised."""
         inputs = self._text_inputs(self.config.text_config, input_ids, attention_mask, position_ids)
         return self.text_projection(self.text_model(*inputs).pooler_output)
 
@@ -424,7 +463,7 @@ class CLIPModel(CLIPPreTrainedModel):
         interpolate_pos_encoding=False,
         return_dict=None,
     ):
-        """Projected (not normalised) image embeddings (B, projection_dim)."""
+        """``visual_projection`` of the pooled image state: a (B, projection_dim) tensor, not normalised."""
         pixels = self._pixel_inputs(self.config.vision_config, pixel_values, interpolate_pos_encoding)
         vision = self.vision_model(pixels, interpolate_pos_encoding=bool(interpolate_pos_encoding))
         return self.visual_projection(vision.pooler_output)
@@ -441,11 +480,9 @@ class CLIPModel(CLIPPreTrainedModel):
         interpolate_pos_encoding=False,
         return_dict=None,
     ):
-        validation.require_inputs(input_ids=input_ids, pixel_values=pixel_values)
-        inputs = self._text_inputs(self.config.text_config, input_ids, attention_mask, position_ids)
-        pixels = self._pixel_inputs(self.config.vision_config, pixel_values, interpolate_pos_encoding)
-        if return_loss:
-            validation.check_loss_batches(inputs[0].shape[0], pixels.shape[0])
+        inputs, pixels = clip_inputs(
+            self, input_ids, pixel_values, attention_mask, position_ids, interpolate_pos_encoding, return_loss
+        )
         flags = output_flags(self.config, output_attentions, output_hidden_states)
         vision = self.vision_model(pixels, **flags, interpolate_pos_encoding=bool(interpolate_pos_encoding))
         text = self.text_model(*inputs, **flags)

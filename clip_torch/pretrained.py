@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from clip_core import validation
-from clip_core.config import CLIPConfig
 from clip_core.modeling_utils import as_config, init_rule
 from clip_core.pretrained import PretrainedModelMixin
 
@@ -53,8 +52,6 @@ def _shape(x):
 
 class CLIPPreTrainedModel(PretrainedModelMixin, nn.Module):
     """Weights by canonical name, random init as transformers', input handling, checkpointing switch."""
-
-    config_class = CLIPConfig
 
     def __init__(self, config, gradient_checkpointing: bool = False, attn_implementation: str = "sdpa"):
         super().__init__()
