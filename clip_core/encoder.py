@@ -1,0 +1,128 @@
+"""The tiny protocol every job is written against, and how to get one for a backend.
+
+An encoder turns numpy inputs into L2-normalised numpy embeddings in the joint space:
+
+- ``encode_images(pixel_values)``: ``(B, C, H, W)`` float32 (the image processor's output) ->
+  ``(B, projection_dim)`` float32;
+- ``encode_texts(input_ids, attention_mask)``: ``(B, T)`` integer arrays -> ``(B, projection_dim)``;
+- ``config``: the model's CLIPConfig (image size, context length, projection size);
+- ``logit_scale``: ``exp(logit_scale)`` of the model, the temperature of its logits.
+
+Each backend provides one (``clip_torch.encoder.TorchEncoder``, ``clip_tf.encoder.TFEncoder``,
+``clip_flax.encoder.FlaxEncoder``), and so does the ONNX Runtime engine; the embedding pipeline,
+the search index, the metrics and the explanations never import a framework themselves.
+``load_encoder(model, backend)`` imports the backend only when it is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+# backend name -> (module, class, the pip extra that provides its framework)
+BACKENDS = {
+    "torch": ("clip_torch.encoder", "TorchEncoder", "torch"),
+    "tf": ("clip_tf.encoder", "TFEncoder", "tf"),
+    "flax": ("clip_flax.encoder", "FlaxEncoder", "flax"),
+}
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    config: object
+
+    @property
+    def logit_scale(self) -> float: ...
+
+    def encode_images(self, pixel_values: np.ndarray) -> np.ndarray: ...
+
+    def encode_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray: ...
+
+
+DTYPE_NAMES = {
+    None: "float32",
+    "fp32": "float32",
+    "float32": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+}
+
+
+def dtype_name(dtype) -> str:
+    """ "float32", "bfloat16" or "float16" for a short or long name (or a framework dtype's str)."""
+    name = None if dtype is None else str(dtype).rsplit(".", 1)[-1]
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {dtype!r}: choose one of fp32, bf16, fp16")
+    return DTYPE_NAMES[name]
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, in float32 (embeddings leave every encoder this way)."""
+    x = np.asarray(x, np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def load_encoder(
+    model: str | os.PathLike | object, backend: str = "torch", dtype: str | None = None
+) -> Encoder:
+    """An encoder for ``model`` (a checkpoint folder, a cached Hub id, or a loaded CLIPModel of the
+    backend) on ``backend`` ("torch", "tf", "flax"; "onnx" once an ONNX export engine is installed).
+
+    ``dtype``: None or "fp32" (float32), "bf16" or "fp16" compute, where the backend supports it.
+    A missing framework is a clear ImportError naming the pip extra to install.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    module_name, class_name, extra = BACKENDS[backend]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ImportError(
+            f"the {backend} backend needs its framework ({e.name or e}); "
+            f"install it with: pip install 'clip-multibackend[{extra}]'"
+        ) from None
+    encoder_class = getattr(module, class_name)
+    if isinstance(model, (str, os.PathLike)):
+        return encoder_class.from_pretrained(model, dtype=dtype)
+    return encoder_class(model, dtype=dtype)
+
+
+def bucket(n: int, smallest: int = 1) -> int:
+    """The next power of two >= n (>= smallest): compiled backends see a few shapes, not one per size."""
+    size = max(1, smallest)
+    while size < n:
+        size *= 2
+    return size
+
+
+def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """``array`` with copies of its last row appended up to ``rows`` rows (outputs are sliced back)."""
+    missing = rows - array.shape[0]
+    return array if missing <= 0 else np.concatenate([array, np.repeat(array[-1:], missing, axis=0)])
+
+
+def pad_tokens(
+    input_ids: np.ndarray, attention_mask: np.ndarray, multiple: int = 8, limit: int | None = None
+):
+    """Ids and mask padded on the right to a multiple of ``multiple`` tokens (at most ``limit``).
+
+    Extra positions repeat each row's last id with mask 0; the causal mask keeps them from changing
+    any earlier position, so the pooled embedding is the same.
+    """
+    length = input_ids.shape[1]
+    target = -(-length // multiple) * multiple
+    if limit is not None:
+        target = max(length, min(target, limit))
+    if target == length:
+        return input_ids, attention_mask
+    extra = target - length
+    ids = np.concatenate([input_ids, np.repeat(input_ids[:, -1:], extra, axis=1)], axis=1)
+    mask = np.concatenate(
+        [attention_mask, np.zeros((attention_mask.shape[0], extra), attention_mask.dtype)], axis=1
+    )
+    return ids, mask
