@@ -375,7 +375,7 @@ def test_corrupt_and_wrong_model_files_are_named(hf, tmp_path):
 
 
 def test_failure_midway_keeps_the_existing_folder_and_leaves_no_temporary(hf, tmp_path, monkeypatch):
-    import tools.convert as convert_module
+    import clip_core.formats as formats_module
 
     out = tmp_path / "out"
     convert(hf["folders"]["safetensors"], out, formats=("safetensors",), progress=False)
@@ -386,7 +386,7 @@ def test_failure_midway_keeps_the_existing_folder_and_leaves_no_temporary(hf, tm
     def broken_h5(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(convert_module, "save_h5", broken_h5)
+    monkeypatch.setattr(formats_module, "save_h5", broken_h5)
     with pytest.raises(OSError, match="disk full"):  # safetensors and pt written, then tf fails
         convert(hf["folders"]["pt"], out, formats=("all",), overwrite=True, progress=False)
     assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before

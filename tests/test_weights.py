@@ -173,6 +173,29 @@ def test_sharded_safetensors_and_bin_round_trip(tmp_path):
     assert sorted(p for p in os.listdir(tmp_path) if p.startswith("model")) == ["model.safetensors"]
 
 
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "int8", "bool"])
+def test_bin_holds_dtypes_with_and_without_a_typed_torch_storage(dtype, tmp_path):
+    """pytorch_model.bin is written record by record; dtypes torch has no typed storage class for
+    (float8, uint16 and wider) are pickled as torch.save pickles them, on an untyped storage."""
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch, dtype):
+        pytest.skip(f"this torch has no {dtype}")
+    rng = np.random.default_rng(0)
+    array = rng.standard_normal((3, 5)).astype(np.float32) * 8
+    state = {
+        "a": array.astype(getattr(ml_dtypes, dtype, dtype)),
+        "b.c": np.arange(7).astype(getattr(ml_dtypes, dtype, dtype)),
+    }
+    save_state_dict(state, tmp_path, formats="pytorch")
+    assert_bits_equal(load_state_dict(tmp_path), state)
+    by_torch = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
+    for name, want in state.items():
+        got = by_torch[name]
+        assert got.dtype == getattr(torch, dtype) and tuple(got.shape) == want.shape
+        bits = f"int{8 * want.itemsize}" if dtype.startswith("float8") else dtype
+        assert got.view(getattr(torch, bits)).numpy().tobytes() == want.tobytes(), name
+
+
 def test_streaming_reader_keeps_names_and_shapes_without_loading(tmp_path):
     state = random_state()
     save_state_dict(state, tmp_path, formats=("flax", "tf"))
@@ -272,8 +295,8 @@ class _Boom(RuntimeError):
 @pytest.mark.parametrize(
     "fmt, target, attribute",
     [
-        ("safetensors", "clip_core.formats.safetensors_format", "_little_endian_bytes"),
-        ("pytorch", "clip_core.formats.torch_format", "numpy_to_tensor"),
+        ("safetensors", "clip_core.formats.safetensors_format", "little_endian_bytes"),
+        ("pytorch", "clip_core.formats.torch_format", "little_endian_bytes"),
         ("tf", "clip_core.formats.h5_format", "to_tf_layout"),
         ("flax", "clip_core.formats.msgpack_format", "to_channels_last"),
     ],

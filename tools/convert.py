@@ -25,23 +25,15 @@ import sys
 import tempfile
 import time
 import warnings
-import zipfile
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from clip_core import formats as checkpoint_formats
 from clip_core.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, ConfigError
-from clip_core.formats import FORMAT_ALIASES, _weights_file
+from clip_core.formats import find_weights_file, format_names
 from clip_core.formats import open_checkpoint as _open_checkpoint
-from clip_core.formats.base import CheckpointReader, extended_dtype, nbytes
-from clip_core.formats.h5_format import save_h5
-from clip_core.formats.safetensors_format import save_safetensors
-from clip_core.formats.streaming import (
-    open_safetensors_streaming,
-    open_torch_bin_streaming,
-    save_msgpack_streaming,
-    save_torch_bin_streaming,
-)
+from clip_core.formats.base import CheckpointReader, extended_dtype, is_floating, nbytes
 from clip_core.openai_checkpoints import (
     _BLOCK,
     _BLOCK_PARTS,
@@ -53,7 +45,6 @@ from clip_core.openai_checkpoints import (
 )
 from clip_core.weights import CANONICAL_ROOTS, CheckpointError, canonical_shapes, is_ignored
 
-ALL_FORMATS = ("safetensors", "pytorch", "tf", "flax")
 DTYPES = {
     None: None,
     "fp32": "float32",
@@ -117,31 +108,8 @@ class ConversionSummary:
 # Sources
 
 
-def _refuse_torchscript(path: str) -> None:
-    if not zipfile.is_zipfile(path):
-        return
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return  # the reader reports it
-    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-        raise CheckpointError(
-            f"{path} is a TorchScript (JIT) archive, not a state dict; it is not read because loading "
-            "it means running its code. Export the weights first, e.g. "
-            "torch.save(torch.jit.load(path, map_location='cpu').state_dict(), 'state_dict.pt'), "
-            "or use OpenAI's clip.load(name, jit=False) and save model.state_dict()"
-        )
-
-
 def open_weights(path: str) -> CheckpointReader:
-    """A lazy reader over one weights file or shard index (safetensors without a memory map)."""
-    if path.endswith((".safetensors", ".safetensors.index.json")):
-        return open_safetensors_streaming(path)
-    _refuse_torchscript(path)
-    stem = path.removesuffix(".index.json")
-    if stem.endswith((".bin", ".pt", ".pth")) or zipfile.is_zipfile(path):
-        return open_torch_bin_streaming(path)
+    """A lazy reader over one weights file or shard index."""
     return _open_checkpoint(path)
 
 
@@ -272,7 +240,7 @@ def open_source(
     notes: list[str] = []
     if os.path.isdir(source):
         try:
-            path = _weights_file(source, None)
+            path = find_weights_file(source)
         except FileNotFoundError as e:
             raise CheckpointError(str(e)) from None
         folder = source
@@ -368,8 +336,7 @@ class ConvertingView(CheckpointReader):
 
     def _target(self, dtype) -> np.dtype:
         dtype = np.dtype(dtype)
-        floating = dtype.kind == "f" or dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2")
-        return self._dtype if (self._dtype is not None and floating) else dtype
+        return self._dtype if (self._dtype is not None and is_floating(dtype)) else dtype
 
     def info(self, name):
         shape, dtype = self._reader.info(name)
@@ -390,31 +357,6 @@ class ConvertingView(CheckpointReader):
 
 # ---------------------------------------------------------------------------------------------
 # Writing the destination folder
-
-
-def _formats(formats) -> tuple[str, ...]:
-    formats = [formats] if isinstance(formats, str) else list(formats)
-    out: list[str] = []
-    for f in formats:
-        if f.lower() == "all":
-            out += ALL_FORMATS
-        elif f.lower() in FORMAT_ALIASES:
-            out.append(FORMAT_ALIASES[f.lower()])
-        else:
-            raise ValueError(f"unknown format {f!r}: choose from safetensors, pt, tf, flax, all")
-    if not out:
-        raise ValueError("no format given")
-    return tuple(dict.fromkeys(out))
-
-
-def _write_weights(view: ConvertingView, folder: str, fmt: str, kind: str) -> list[str]:
-    if fmt == "safetensors":
-        return save_safetensors(view, folder)
-    if fmt == "pytorch":
-        return save_torch_bin_streaming(view, folder)
-    if fmt == "tf":
-        return save_h5(view, folder, kind)
-    return save_msgpack_streaming(view, folder)
 
 
 def _write_extras(src: Source, folder: str, notes: list[str]) -> None:
@@ -485,7 +427,7 @@ def convert(
     """
     start = time.perf_counter()
     source, destination = os.fspath(source), os.path.abspath(os.fspath(destination))
-    fmts = _formats(formats)
+    fmts = format_names(formats)
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: choose from fp32, bf16, fp16")
     target_dtype = DTYPES[dtype]
@@ -513,7 +455,7 @@ def convert(
                 for fmt in fmts:
                     if bar is not None:
                         bar.set_description(f"writing {fmt}")
-                    weight_files += _write_weights(view, tmp, fmt, src.kind)
+                    weight_files += checkpoint_formats.save_checkpoint(view, tmp, fmt, model_kind=src.kind)
             finally:
                 if bar is not None:
                     bar.close()
