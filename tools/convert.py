@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import numpy as np
 
@@ -34,15 +33,7 @@ from clip_core.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, Confi
 from clip_core.formats import find_weights_file, format_names
 from clip_core.formats import open_checkpoint as _open_checkpoint
 from clip_core.formats.base import CheckpointReader, extended_dtype, is_floating, nbytes
-from clip_core.openai_checkpoints import (
-    _BLOCK,
-    _BLOCK_PARTS,
-    _PLAIN,
-    _TRANSPOSED,
-    NON_WEIGHTS,
-    infer_config,
-    is_openai_state_dict,
-)
+from clip_core.openai_checkpoints import OpenAIView, infer_config_from_canonical, is_openai_state_dict
 from clip_core.weights import CANONICAL_ROOTS, CheckpointError, canonical_shapes, is_ignored
 
 DTYPES = {
@@ -113,72 +104,6 @@ def open_weights(path: str) -> CheckpointReader:
     return _open_checkpoint(path)
 
 
-class OpenAIView(CheckpointReader):
-    """Canonical names over an OpenAI / open_clip state dict; in_proj split and projections
-    transposed when a tensor is read."""
-
-    def __init__(self, reader: CheckpointReader, prefix: str = ""):
-        super().__init__(reader.path)
-        self._reader = reader
-        self._map: dict[str, tuple[str, object]] = {}
-        for source in reader.keys():
-            name = source[len(prefix) :]
-            if name in NON_WEIGHTS or is_ignored(name):
-                continue
-            if name in _PLAIN:
-                self._map[_PLAIN[name]] = (source, None)
-            elif name in _TRANSPOSED:
-                self._map[_TRANSPOSED[name]] = (source, "T")
-            elif match := _BLOCK.match(name):
-                tower = "vision_model" if match.group(1) else "text_model"
-                layer = f"{tower}.encoder.layers.{match.group(2)}"
-                rest = match.group(3)
-                if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
-                    leaf = rest.rsplit("_", 1)[1]
-                    for i, proj in enumerate(("q_proj", "k_proj", "v_proj")):
-                        self._map[f"{layer}.self_attn.{proj}.{leaf}"] = (source, i)
-                    continue
-                module, leaf = rest.rsplit(".", 1)
-                if module not in _BLOCK_PARTS:
-                    raise CheckpointError(
-                        f"{self.path}: unknown tensor {source!r} in an OpenAI-format state dict"
-                    )
-                self._map[f"{layer}.{_BLOCK_PARTS[module]}.{leaf}"] = (source, None)
-            else:
-                raise CheckpointError(
-                    f"{self.path}: unknown tensor {source!r} in an OpenAI-format state dict"
-                )
-
-    def keys(self):
-        return self._map.keys()
-
-    def info(self, name):
-        source, op = self._map[name]
-        shape, dtype = self._reader.info(source)
-        if op == "T":
-            shape = tuple(shape[::-1])
-        elif op is not None:
-            if shape[0] % 3:
-                raise CheckpointError(
-                    f"{self.path}: fused {source} of shape {shape} cannot split into q, k, v"
-                )
-            shape = (shape[0] // 3, *shape[1:])
-        return shape, dtype
-
-    def get_tensor(self, name):
-        source, op = self._map[name]
-        array = self._reader[source]
-        if op == "T":
-            return np.ascontiguousarray(array.T)
-        if op is not None:
-            third = array.shape[0] // 3
-            return np.ascontiguousarray(array[op * third : (op + 1) * third])
-        return array
-
-    def close(self):
-        self._reader.close()
-
-
 def _strip_prefix(names) -> str:
     names = list(names)
     return "module." if names and all(n.startswith("module.") for n in names) else ""
@@ -188,30 +113,8 @@ def _looks_canonical(names) -> bool:
     return any(n.split(".")[0] in CANONICAL_ROOTS for n in names)
 
 
-def _openai_shapes(reader: CheckpointReader, prefix: str) -> dict[str, tuple[int, ...]]:
-    return {n[len(prefix) :]: tuple(reader.info(n)[0]) for n in reader.keys()}
-
-
-def infer_config_from_canonical(shapes: Mapping[str, tuple[int, ...]], hidden_act: str) -> CLIPConfig:
-    """A CLIPConfig from canonical tensor shapes (heads are not stored: width / 64, as OpenAI's)."""
-    need = ("text_model.embeddings.token_embedding.weight", "vision_model.embeddings.patch_embedding.weight")
-    if not all(n in shapes for n in need):
-        raise CheckpointError("cannot infer a config from the weights of a single tower: pass --config")
-    as_openai = {
-        "token_embedding.weight": shapes[need[0]],
-        "positional_embedding": shapes["text_model.embeddings.position_embedding.weight"],
-        "ln_final.weight": shapes["text_model.final_layer_norm.weight"],
-        "text_projection": tuple(shapes["text_projection.weight"][::-1]),
-        "visual.conv1.weight": shapes[need[1]],
-        "visual.positional_embedding": shapes["vision_model.embeddings.position_embedding.weight"],
-        "visual.proj": tuple(shapes["visual_projection.weight"][::-1]),
-    }
-    for tower, prefix in (("text_model", ""), ("vision_model", "visual.")):
-        pattern = re.compile(rf"^{tower}\.encoder\.layers\.(\d+)\.mlp\.fc1\.weight$")
-        for name, shape in shapes.items():
-            if m := pattern.match(name):
-                as_openai[f"{prefix}transformer.resblocks.{m.group(1)}.mlp.c_fc.weight"] = shape
-    return infer_config(as_openai, hidden_act=hidden_act)
+def _shapes(reader: CheckpointReader) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(reader.info(n)[0]) for n in reader.keys()}
 
 
 def _load_config(path: str, kind: str):
@@ -256,7 +159,7 @@ def open_source(
             reader: CheckpointReader = OpenAIView(raw, prefix)
             source_kind = "openai"
             if config is None:
-                cfg = infer_config(_openai_shapes(raw, prefix), hidden_act=hidden_act)
+                cfg = infer_config_from_canonical(_shapes(reader), hidden_act)
                 notes.append(
                     f"config inferred from the tensor shapes (hidden_act={hidden_act}, heads = width / 64)"
                 )
@@ -279,8 +182,7 @@ def open_source(
             if os.path.isfile(os.path.join(beside, "config.json")):
                 cfg = _load_config(beside, kind)
             elif kind == "clip":
-                shapes = {n: tuple(reader.info(n)[0]) for n in reader.keys()}
-                cfg = infer_config_from_canonical(shapes, hidden_act)
+                cfg = infer_config_from_canonical(_shapes(reader), hidden_act)
                 notes.append(f"no config.json: config inferred from the shapes (hidden_act={hidden_act})")
             else:
                 raise CheckpointError(f"{path}: no config.json beside it; pass --config")
