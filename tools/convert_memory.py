@@ -4,7 +4,7 @@
 
 1. Writes the random checkpoint as model.safetensors tensor by tensor (never the whole model in
    memory), with config.json and the tokenizer / preprocessor files.
-2. Runs ``python -m tools.convert SRC DST --to FMT`` under GNU ``/usr/bin/time -v`` for each format
+2. Runs clip-convert (``clip_core.cli.convert_main``) ``SRC DST --to FMT`` under GNU ``/usr/bin/time -v`` for each format
    and reports its peak RSS ("Maximum resident set size") against the checkpoint size, and the time.
 """
 
@@ -85,8 +85,8 @@ def measure(source: str, destination: str, fmt: str) -> tuple[int, float, str]:
         "/usr/bin/time",
         "-v",
         sys.executable,
-        "-m",
-        "tools.convert",
+        "-c",
+        "import sys; from clip_core.cli import convert_main; sys.exit(convert_main())",  # clip-convert
         source,
         destination,
         "--to",

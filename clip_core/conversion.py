@@ -1,40 +1,52 @@
-"""clip-convert: turn any CLIP checkpoint we can read into a complete transformers folder.
+"""Conversion of any CLIP checkpoint we can read into a complete transformers folder.
 
-    clip-convert SRC DST [--to safetensors|pt|tf|flax|all] [--dtype fp32|bf16|fp16] [--overwrite]
+``convert(src, dst, formats=("all",), dtype=None, overwrite=False)`` is the Python API;
+``clip-convert`` (``clip_core.cli.convert_main``) is its command line.
 
 SRC is a transformers folder (model.safetensors, pytorch_model.bin, tf_model.h5 or
-flax_model.msgpack, sharded or not), a single weights file (its config from --config, from a
+flax_model.msgpack, sharded or not), a single weights file (its config from ``config``, from a
 config.json beside it, or inferred from the shapes), OpenAI's original CLIP state dict of a ViT
-model, or an open_clip state dict of an OpenAI-architecture model. DST becomes a folder with
-config.json, the weights, the tokenizer files and preprocessor_config.json.
+model, or an open_clip state dict of an OpenAI-architecture model (renamed through
+``clip_core.openai_checkpoints``). DST becomes a folder with config.json, the weights, the
+tokenizer files and preprocessor_config.json.
 
-The conversion streams: the source is read one tensor at a time, each tensor is renamed, re-laid
-out and cast on its way to the writer, so memory holds about one tensor (plus the source file's
+The conversion streams: ``open_source`` opens the source lazily and checks its names and shapes
+against the config (``clip_core.names.fit_problems``) before reading any tensor;
+``ConvertingView`` renames, re-lays out and casts each tensor on its way to the writers
+(``clip_core.formats.save_checkpoint``), so memory holds about one tensor (plus the source file's
 own index), not the model. Everything is written into a hidden sibling folder that replaces DST
 only once complete: a failure leaves DST as it was.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import shutil
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 
 import numpy as np
 
-from clip_core import formats as checkpoint_formats
-from clip_core.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, ConfigError
-from clip_core.formats import find_weights_file, format_names
-from clip_core.formats import open_checkpoint as _open_checkpoint
+from clip_core.config import ConfigError
+from clip_core.formats import find_weights_file, format_names, open_checkpoint, save_checkpoint
 from clip_core.formats.base import CheckpointReader, extended_dtype, is_floating, nbytes
-from clip_core.openai_checkpoints import OpenAIView, infer_config_from_canonical, is_openai_state_dict
-from clip_core.weights import CANONICAL_ROOTS, CheckpointError, canonical_shapes, is_ignored
+from clip_core.names import (
+    CANONICAL_ROOTS,
+    CheckpointError,
+    canonical_shapes,
+    fit_problems,
+    infer_model_kind,
+    is_ignored,
+    model_kind,
+)
+from clip_core.openai_checkpoints import (  # noqa: F401 - infer_config_from_canonical: part of this API
+    OpenAIView,
+    infer_config_from_canonical,
+    is_openai_state_dict,
+)
 
 DTYPES = {
     None: None,
@@ -54,20 +66,6 @@ TOKENIZER_FILES = (
     "added_tokens.json",
 )
 PREPROCESSOR_FILE = "preprocessor_config.json"
-CONFIG_CLASSES = {
-    "clip": CLIPConfig,
-    "text": CLIPTextConfig,
-    "text_with_projection": CLIPTextConfig,
-    "vision": CLIPVisionConfig,
-    "vision_with_projection": CLIPVisionConfig,
-}
-ARCHITECTURES = {
-    "clip": "CLIPModel",
-    "text": "CLIPTextModel",
-    "text_with_projection": "CLIPTextModelWithProjection",
-    "vision": "CLIPVisionModel",
-    "vision_with_projection": "CLIPVisionModelWithProjection",
-}
 
 
 @dataclasses.dataclass
@@ -99,11 +97,6 @@ class ConversionSummary:
 # Sources
 
 
-def open_weights(path: str) -> CheckpointReader:
-    """A lazy reader over one weights file or shard index."""
-    return _open_checkpoint(path)
-
-
 def _strip_prefix(names) -> str:
     names = list(names)
     return "module." if names and all(n.startswith("module.") for n in names) else ""
@@ -118,9 +111,8 @@ def _shapes(reader: CheckpointReader) -> dict[str, tuple[int, ...]]:
 
 
 def _load_config(path: str, kind: str):
-    cls = CONFIG_CLASSES[kind]
     try:
-        return cls.from_pretrained(path)
+        return model_kind(kind).config_class.from_pretrained(path)
     except (ConfigError, ValueError, OSError) as e:
         raise CheckpointError(f"cannot read the config {path}: {e}") from None
 
@@ -133,6 +125,7 @@ class Source:
     source_kind: str
     folder: str | None  # where tokenizer / preprocessor files may be found
     notes: list[str]
+    names: list[str]  # the tensors the model takes, in the reader's order (the other tower's left out)
 
 
 def open_source(
@@ -151,7 +144,7 @@ def open_source(
         path, folder = source, None
     else:
         raise FileNotFoundError(f"{source}: no such file or folder")
-    raw = open_weights(path)
+    raw = open_checkpoint(path)
     try:
         names = list(raw.keys())
         prefix = _strip_prefix(names)
@@ -172,8 +165,6 @@ def open_source(
                 f"{path} does not look like a CLIP checkpoint: none of its {len(names)} tensors has a "
                 f"transformers CLIP name or an OpenAI/open_clip one (found: {shown or 'no tensors'})"
             )
-        from clip_core.formats import infer_model_kind
-
         kind = infer_model_kind(reader.keys())
         if config is not None:
             cfg = _load_config(config, kind)
@@ -190,31 +181,13 @@ def open_source(
     except BaseException:
         raw.close()
         raise
-    return Source(reader, cfg, kind, source_kind, folder, notes)
+    expected = canonical_shapes(cfg, kind)
+    return Source(reader, cfg, kind, source_kind, folder, notes, [n for n in reader.keys() if n in expected])
 
 
 def check_fits(reader: CheckpointReader, config, kind: str) -> None:
     """Names and shapes of the checkpoint against the model the config describes (no data read)."""
-    expected = canonical_shapes(config, kind)
-    names = [n for n in reader.keys() if not is_ignored(n)]
-    missing = [n for n in expected if n not in reader.keys()]
-    unexpected = [n for n in names if n not in expected]
-    wrong = []
-    for n in names:
-        if n in expected:
-            shape = tuple(reader.info(n)[0])
-            if shape != expected[n] and not (n == "logit_scale" and shape == (1,)):
-                wrong.append(f"{n}: checkpoint {shape}, config {expected[n]}")
-    problems = []
-    for label, items, sep in (
-        ("missing", missing, ", "),
-        ("unexpected", unexpected, ", "),
-        ("wrong shape for", wrong, "; "),
-    ):
-        if items:
-            problems.append(
-                f"{label} {len(items)} tensor(s): {sep.join(items[:8])}{' ...' if len(items) > 8 else ''}"
-            )
+    problems = fit_problems(_shapes(reader), config, kind)
     if problems:
         raise CheckpointError(f"{reader.path} does not fit its config ({kind}): " + " | ".join(problems))
 
@@ -224,14 +197,22 @@ def check_fits(reader: CheckpointReader, config, kind: str) -> None:
 
 
 class ConvertingView(CheckpointReader):
-    """Canonical tensors of the source, cast to ``dtype`` (floating tensors only) as they are read."""
+    """Canonical tensors of the source (``names``, default all but ignored buffers), cast to
+    ``dtype`` (floating tensors only) as they are read; ``on_read(nbytes)`` after each."""
 
-    def __init__(self, reader: CheckpointReader, dtype: str | None, on_read: Callable[[int], None] | None):
+    def __init__(
+        self,
+        reader: CheckpointReader,
+        dtype: str | None,
+        on_read: Callable[[int], None] | None = None,
+        names: list[str] | None = None,
+    ):
         super().__init__(reader.path)
         self._reader = reader
         self._dtype = extended_dtype(dtype) if dtype else None
-        self._names = {n: None for n in reader.keys() if not is_ignored(n)}
-        self._on_read = on_read
+        names = [n for n in reader.keys() if not is_ignored(n)] if names is None else names
+        self._names = dict.fromkeys(names)
+        self.on_read = on_read
 
     def keys(self):
         return self._names.keys()
@@ -252,8 +233,8 @@ class ConvertingView(CheckpointReader):
         target = self._target(array.dtype)
         if array.dtype != target:
             array = array.astype(target)
-        if self._on_read is not None:
-            self._on_read(array.nbytes)
+        if self.on_read is not None:
+            self.on_read(array.nbytes)
         return array
 
 
@@ -290,7 +271,7 @@ def _write_extras(src: Source, folder: str, notes: list[str]) -> None:
 
 def _write_config(src: Source, folder: str, dtype: str | None) -> None:
     config = src.config
-    config.extra.setdefault("architectures", [ARCHITECTURES[src.kind]])
+    config.extra.setdefault("architectures", [model_kind(src.kind).architecture])
     if dtype:  # transformers 4.57 writes "dtype"; older configs say "torch_dtype"
         config.extra["dtype"] = dtype
         if "torch_dtype" in config.extra:
@@ -345,19 +326,17 @@ def convert(
     notes = list(src.notes)
     try:
         with src.reader:
-            names = [n for n in src.reader.keys() if not is_ignored(n)]
-            infos = {n: src.reader.info(n) for n in names}
-            tensors = len(names)
+            view = ConvertingView(src.reader, target_dtype, names=src.names)
+            infos = {n: view.info(n) for n in view.keys()}
             parameters = sum(int(np.prod(shape)) for shape, _ in infos.values())
-            total = sum(nbytes(*ConvertingView(src.reader, target_dtype, None).info(n)) for n in names)
-            bar = _progress_bar(total * len(fmts), progress)
-            view = ConvertingView(src.reader, target_dtype, bar.update if bar is not None else None)
+            bar = _progress_bar(sum(nbytes(*info) for info in infos.values()) * len(fmts), progress)
+            view.on_read = bar.update if bar is not None else None
             weight_files: list[str] = []
             try:
-                for fmt in fmts:
+                for fmt in fmts:  # one at a time, so that the bar says which
                     if bar is not None:
                         bar.set_description(f"writing {fmt}")
-                    weight_files += checkpoint_formats.save_checkpoint(view, tmp, fmt, model_kind=src.kind)
+                    weight_files += save_checkpoint(view, tmp, fmt, model_kind=src.kind)
             finally:
                 if bar is not None:
                     bar.close()
@@ -381,56 +360,10 @@ def convert(
         model_kind=src.kind,
         formats=fmts,
         dtype=target_dtype,
-        tensors=tensors,
+        tensors=len(src.names),
         parameters=parameters,
         bytes=written,
         seconds=time.perf_counter() - start,
         files=sorted(os.listdir(destination)),
         notes=notes,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="clip-convert",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("source", help="transformers folder, weights file, or OpenAI / open_clip state dict")
-    parser.add_argument("destination", help="folder to create (a complete transformers checkpoint)")
-    parser.add_argument("--to", default="safetensors", choices=["safetensors", "pt", "tf", "flax", "all"])
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    parser.add_argument("--config", default=None, help="config.json (or its folder) for a bare weights file")
-    parser.add_argument(
-        "--hidden-act",
-        default="quick_gelu",
-        choices=["quick_gelu", "gelu"],
-        help="activation when the config is inferred (OpenAI: quick_gelu; most open_clip models: gelu)",
-    )
-    bar = parser.add_mutually_exclusive_group()
-    bar.add_argument("--progress", action="store_const", const="always", dest="progress", default=True)
-    bar.add_argument("--no-progress", action="store_const", const=False, dest="progress")
-    args = parser.parse_args(argv)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            summary = convert(
-                args.source,
-                args.destination,
-                formats=(args.to,),
-                dtype=args.dtype,
-                overwrite=args.overwrite,
-                progress=args.progress,
-                config=args.config,
-                hidden_act=args.hidden_act,
-            )
-    except (CheckpointError, ConfigError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"clip-convert: error: {e}", file=sys.stderr)
-        return 1
-    print(summary)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
