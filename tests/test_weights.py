@@ -111,6 +111,21 @@ def test_select_for_model_reports_names_and_shapes():
     assert "text_model.encoder.layers.0.mlp.fc1.weight: checkpoint (5, 32), model (37, 32)" in msg
 
 
+@pytest.mark.parametrize("kind", ["clip", "text_with_projection", "vision"])
+def test_random_state_fits_each_model_kind(kind):
+    from clip_core.weights import random_state
+
+    cfg = tiny_config() if kind == "clip" else getattr(tiny_config(), f"{kind.split('_')[0]}_config")
+    state = random_state(cfg, kind, seed=3)
+    assert select_for_model(state, cfg, kind).keys() == canonical_shapes(cfg, kind).keys()
+    assert all(v.dtype == np.float32 for v in state.values())
+    norm = "text_model.final_layer_norm" if kind.startswith("text") else "vision_model.pre_layrnorm"
+    assert np.all(state[f"{norm}.weight"] == 1) and np.all(state[f"{norm}.bias"] == 0)
+    again, other = random_state(cfg, kind, seed=3), random_state(cfg, kind, seed=4)
+    assert all(np.array_equal(again[k], v) for k, v in state.items())
+    assert not all(np.array_equal(other[k], v) for k, v in state.items())
+
+
 # ---------------------------------------------------------------------------------------------
 # Round trips, bit for bit
 

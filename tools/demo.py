@@ -30,8 +30,7 @@ from clip_core.conversion import convert  # noqa: E402
 from clip_core.image_processing import CLIPImageProcessor  # noqa: E402
 from clip_core.processing import CLIPProcessor  # noqa: E402
 from clip_core.tokenization_fast import CLIPTokenizerFast  # noqa: E402
-from clip_core.weights import save_state_dict  # noqa: E402
-from tools.bench import random_state  # noqa: E402
+from clip_core.weights import random_state, save_state_dict  # noqa: E402
 
 CAPTIONS = ["a photo of a cat", "a portrait of an astronaut", "a cup of coffee on a saucer"]
 NATIVE_FORMAT = {"torch": "pt", "tf": "tf", "flax": "flax"}
