@@ -1,6 +1,6 @@
 """Side-by-side speed of our backends and transformers', on the same weights, inputs and machine.
 
-    python tools/bench.py [--quick] [--only torch,tf] [--out bench.json]
+    python -m tools.bench [--quick] [--only torch,tf] [--out bench.json]     (from the repo root)
 
 Every section builds its model from the same random ViT-B/32-shaped weights (fixed seed), times a
 warm-up and then the median of several runs, and reports ours and theirs from the same run as a
@@ -22,10 +22,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from clip_core.config import CLIPConfig  # noqa: E402
-from clip_core.weights import random_state  # noqa: E402
+from clip_core.config import CLIPConfig
+from clip_core.weights import random_state
 
 GFLOP_PER_IMAGE = 8.82  # ViT-B/32 at 224 px (CLIP-FACTS.md)
 GFLOP_PER_TEXT = 5.96  # ViT-B/32 text tower at 77 tokens
