@@ -4,6 +4,10 @@ A reader is a read-only ``Mapping`` from canonical names to numpy arrays in cano
 layout. Listing names and ``info(name)`` (shape, dtype) read no tensor data; ``reader[name]``
 reads one tensor. So a converter can stream a large checkpoint tensor by tensor, and
 ``dict(reader)`` is the whole state when that is what is wanted.
+
+``DTYPES`` is the one table of dtype names (numpy's, safetensors' codes, torch's storage
+classes); ``save_maybe_sharded`` / ``ShardedReader`` handle transformers' shards and their
+``*.index.json`` for every format. The format modules build their reader and writer on these.
 """
 
 from __future__ import annotations
