@@ -42,7 +42,7 @@ from clip_core.names import (
     is_ignored,
     model_kind,
 )
-from clip_core.openai_checkpoints import (  # noqa: F401 - infer_config_from_canonical: part of this API
+from clip_core.openai_checkpoints import (
     OpenAIView,
     infer_config_from_canonical,
     is_openai_state_dict,
