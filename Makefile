@@ -23,10 +23,10 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q -m "not slow"
 
 demo: $(STAMP)
-	$(PY) tools/demo.py
+	$(PY) -m tools.demo
 
 bench: $(STAMP)
-	$(PY) tools/bench.py --out bench.json
+	$(PY) -m tools.bench --out bench.json
 
 lint: $(STAMP)
 	.venv/bin/ruff check .

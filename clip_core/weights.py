@@ -1,7 +1,8 @@
 """Checkpoints as canonical numpy state: the one import for loading and saving weights.
 
 ``load_state_dict(folder)`` gives ``{canonical name: np.ndarray}`` from any supported checkpoint,
-``save_state_dict(state, folder, formats)`` writes one. The names and shapes live in
+``save_state_dict(state, folder, formats)`` writes one (through ``clip_core.formats.save_checkpoint``),
+``random_state(config)`` makes one with sensible scales. The names and shapes live in
 ``clip_core.names``, the layout rules between frameworks in ``clip_core.layouts``, each file format
 in ``clip_core.formats``; their public functions are importable from here too.
 """
@@ -43,6 +44,21 @@ from clip_core.names import (  # noqa: F401
 )
 
 SAFETENSORS_NAME = "model.safetensors"
+
+
+def random_state(config, kind: str = "clip", seed: int = 0) -> dict[str, np.ndarray]:
+    """Random canonical fp32 weights for a model of ``kind`` with sensible scales: N(0, 0.02),
+    LayerNorms at 1 / 0, CLIP's initial logit scale. The same seed gives the same tensors."""
+    rng = np.random.default_rng(seed)
+    state = {}
+    for name, shape in canonical_shapes(config, kind).items():
+        if name == "logit_scale":
+            state[name] = np.asarray(config.logit_scale_init_value, np.float32)
+        elif param_kind(name) == "layer_norm":
+            state[name] = (np.ones if name.endswith("weight") else np.zeros)(shape, np.float32)
+        else:
+            state[name] = rng.normal(0.0, 0.02, shape).astype(np.float32)
+    return state
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""clip-convert: transformers folders in each format, OpenAI / open_clip state dicts, dtypes, failures.
+"""clip_core.conversion and clip-convert: transformers folders in each format, OpenAI / open_clip state dicts, dtypes, failures.
 
 transformers is the judge of "loads": every converted folder is read back by transformers' own
 CLIPModel / TFCLIPModel / FlaxCLIPModel (our backends have their own cross-framework suite).
@@ -17,10 +17,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from clip_core.cli import convert_main  # noqa: E402
+from clip_core.conversion import convert  # noqa: E402
 from clip_core.formats import open_checkpoint  # noqa: E402
 from clip_core.weights import CheckpointError  # noqa: E402
 from tests.openai_reference import encode_image, encode_text, random_openai_state_dict  # noqa: E402
-from tools.convert import convert, main  # noqa: E402
 
 WEIGHT_FILES = {
     "safetensors": "model.safetensors",
@@ -309,6 +310,26 @@ def test_open_clip_state_dict_converts_and_reproduces_the_reference(tmp_path, co
     check_against_reference(tmp_path / "hf", sd)
 
 
+def test_a_tower_keeps_its_own_tensors_only(hf, tmp_path):
+    """A text tower's file that also carries the visual projection: the fit check accepts the other
+    tower's tensors (as loading does) and the converted folder holds the text model's alone."""
+    from clip_core.weights import write_safetensors
+
+    state = {k: v for k, v in hf["state"].items() if k.startswith("text_model.")}
+    source = tmp_path / "src"
+    source.mkdir()
+    write_safetensors(
+        state | {"visual_projection.weight": hf["state"]["visual_projection.weight"]},
+        source / "model.safetensors",
+    )
+    shutil.copyfile(os.path.join(hf["folders"]["safetensors"], "config.json"), source / "config.json")
+    summary = convert(source, tmp_path / "out", progress=False)
+    assert summary.model_kind == "text" and summary.tensors == len(state)
+    assert_same_state(read_all(tmp_path / "out" / "model.safetensors"), state)
+    model, info = transformers.CLIPTextModel.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not any(info.values()), info
+
+
 def test_torchscript_archive_is_refused_with_a_clear_message(tmp_path):
     path = tmp_path / "ViT-B-32.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
@@ -367,7 +388,7 @@ def test_corrupt_and_wrong_model_files_are_named(hf, tmp_path):
     config.vision_config.hidden_size = 64
     config.save_pretrained(other)
     with pytest.raises(
-        CheckpointError, match=r"does not fit its config.*vision_model.*\(32,\), config \(64,\)"
+        CheckpointError, match=r"does not fit its config.*vision_model.*\(32,\), model \(64,\)"
     ):
         convert(other, tmp_path / "c", progress=False)
     for name in "abc":
@@ -375,7 +396,7 @@ def test_corrupt_and_wrong_model_files_are_named(hf, tmp_path):
 
 
 def test_failure_midway_keeps_the_existing_folder_and_leaves_no_temporary(hf, tmp_path, monkeypatch):
-    import tools.convert as convert_module
+    import clip_core.formats as formats_module
 
     out = tmp_path / "out"
     convert(hf["folders"]["safetensors"], out, formats=("safetensors",), progress=False)
@@ -386,7 +407,7 @@ def test_failure_midway_keeps_the_existing_folder_and_leaves_no_temporary(hf, tm
     def broken_h5(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(convert_module, "save_h5", broken_h5)
+    monkeypatch.setattr(formats_module, "save_h5", broken_h5)
     with pytest.raises(OSError, match="disk full"):  # safetensors and pt written, then tf fails
         convert(hf["folders"]["pt"], out, formats=("all",), overwrite=True, progress=False)
     assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
@@ -395,14 +416,17 @@ def test_failure_midway_keeps_the_existing_folder_and_leaves_no_temporary(hf, tm
 
 def test_cli(hf, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert main([hf["folders"]["safetensors"], str(out), "--to", "flax", "--dtype", "bf16"]) == 0
+    assert convert_main([hf["folders"]["safetensors"], str(out), "--to", "flax", "--dtype", "bf16"]) == 0
     printed = capsys.readouterr().out
     assert "tensors" in printed and "parameters" in printed and "flax" in printed
     assert read_all(out / "flax_model.msgpack")["logit_scale"].dtype.name == "bfloat16"
-    assert main([hf["folders"]["safetensors"], str(out)]) == 1
+    assert convert_main([hf["folders"]["safetensors"], str(out)]) == 1
     assert "exists" in capsys.readouterr().err
-    assert main([hf["folders"]["safetensors"], str(out), "--to", "pt", "--overwrite", "--no-progress"]) == 0
+    assert (
+        convert_main([hf["folders"]["safetensors"], str(out), "--to", "pt", "--overwrite", "--no-progress"])
+        == 0
+    )
     assert "pytorch_model.bin" in os.listdir(out) and "flax_model.msgpack" not in os.listdir(out)
     missing = tmp_path / "nothing-here"
-    assert main([str(missing), str(tmp_path / "x")]) == 1
+    assert convert_main([str(missing), str(tmp_path / "x")]) == 1
     assert "clip-convert: error:" in capsys.readouterr().err

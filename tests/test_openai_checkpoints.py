@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from clip_core.openai_checkpoints import infer_config, to_canonical
-from clip_core.weights import canonical_shapes, select_for_model
+from clip_core.formats import open_checkpoint
+from clip_core.openai_checkpoints import OpenAIView, infer_config, to_canonical
+from clip_core.weights import CheckpointError, canonical_shapes, select_for_model, write_safetensors
 from tests.openai_reference import random_openai_state_dict
 
 
@@ -38,3 +39,20 @@ def test_unknown_tensor_and_wrong_model_are_named():
         to_canonical(sd)
     with pytest.raises(ValueError, match="not an OpenAI-format CLIP state dict"):
         infer_config({"encoder.weight": (3, 3)})
+
+
+def test_lazy_view_and_eager_renaming_agree(tmp_path):
+    """OpenAIView (what clip-convert reads through) and to_canonical share one mapping."""
+    sd = random_openai_state_dict(prefix="module.")
+    sd["module.input_resolution"] = np.asarray(32)
+    write_safetensors(sd, tmp_path / "sd.safetensors")
+    eager = to_canonical(sd)
+    with OpenAIView(open_checkpoint(tmp_path / "sd.safetensors"), prefix="module.") as view:
+        assert sorted(view) == sorted(eager)
+        for name in view:
+            assert view.info(name) == (eager[name].shape, eager[name].dtype), name
+            np.testing.assert_array_equal(view[name], eager[name], err_msg=name)
+    rogue = {"visual.transformer.resblocks.0.attn.rogue": np.zeros(3, np.float32)}
+    write_safetensors(rogue, tmp_path / "rogue.safetensors")
+    with pytest.raises(CheckpointError, match=r"rogue\.safetensors: unknown tensor .*attn\.rogue"):
+        OpenAIView(open_checkpoint(tmp_path / "rogue.safetensors"))

@@ -11,7 +11,7 @@ from clip_core.config import CLIPConfig
 from clip_core.image_processing import CLIPImageProcessor
 from clip_core.processing import CLIPProcessor
 from clip_core.tokenization_fast import CLIPTokenizerFast
-from clip_core.weights import canonical_shapes, save_state_dict
+from clip_core.weights import random_state, save_state_dict
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -31,11 +31,7 @@ def tiny_folder(folder) -> None:
         ),
         projection_dim=16,
     )
-    rng = np.random.default_rng(0)
-    state = {
-        k: (0.02 * rng.standard_normal(s)).astype(np.float32) for k, s in canonical_shapes(config).items()
-    }
-    save_state_dict(state, folder)
+    save_state_dict(random_state(config), folder)
     config.save_pretrained(folder)
     processor = CLIPProcessor(
         CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32), CLIPTokenizerFast()

@@ -1,6 +1,6 @@
-"""clip_flax.training, clip_flax.data and tools/finetune_flax.py.
+"""clip_flax.training, clip_flax.data and clip_flax.cli (clip-finetune-flax).
 
-The sharded-step check runs tests/training_sharded_step.py in a subprocess with 8 simulated CPU
+The sharded-step check runs tests/training_sharded_step.py (as a module) in a subprocess with 8 simulated CPU
 devices (JAX fixes the device count when it starts). The rest use a one-layer "micro" CLIP so that
 compilation stays short.
 """
@@ -72,9 +72,9 @@ def sharded_steps():
     # LLVM's optimisation level 0: a third less compile time; the comparison is within one process.
     flags = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "training_sharded_step.py"), "--mesh", "2x4", "--mesh", "2x4:2"],
+        [sys.executable, "-m", "tests.training_sharded_step", "--mesh", "2x4", "--mesh", "2x4:2"],
+        cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
@@ -286,7 +286,7 @@ STEPS = 60
 def cli_runs(tmp_path_factory):
     """The same short from-scratch run three times: uninterrupted; stopped early with checkpoints;
     resumed from its half-way checkpoint. One compilation, reused through the persistent cache."""
-    from tools.finetune_flax import run
+    from clip_flax.cli import run
 
     tmp = tmp_path_factory.mktemp("finetune")
     micro_config().save_pretrained(str(tmp / "cfg"))

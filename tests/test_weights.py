@@ -111,6 +111,21 @@ def test_select_for_model_reports_names_and_shapes():
     assert "text_model.encoder.layers.0.mlp.fc1.weight: checkpoint (5, 32), model (37, 32)" in msg
 
 
+@pytest.mark.parametrize("kind", ["clip", "text_with_projection", "vision"])
+def test_random_state_fits_each_model_kind(kind):
+    from clip_core.weights import random_state
+
+    cfg = tiny_config() if kind == "clip" else getattr(tiny_config(), f"{kind.split('_')[0]}_config")
+    state = random_state(cfg, kind, seed=3)
+    assert select_for_model(state, cfg, kind).keys() == canonical_shapes(cfg, kind).keys()
+    assert all(v.dtype == np.float32 for v in state.values())
+    norm = "text_model.final_layer_norm" if kind.startswith("text") else "vision_model.pre_layrnorm"
+    assert np.all(state[f"{norm}.weight"] == 1) and np.all(state[f"{norm}.bias"] == 0)
+    again, other = random_state(cfg, kind, seed=3), random_state(cfg, kind, seed=4)
+    assert all(np.array_equal(again[k], v) for k, v in state.items())
+    assert not all(np.array_equal(other[k], v) for k, v in state.items())
+
+
 # ---------------------------------------------------------------------------------------------
 # Round trips, bit for bit
 
@@ -171,6 +186,29 @@ def test_sharded_safetensors_and_bin_round_trip(tmp_path):
     # Saving unsharded again removes the stale shards and index.
     save_state_dict(state, tmp_path, formats="safetensors")
     assert sorted(p for p in os.listdir(tmp_path) if p.startswith("model")) == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2", "uint16", "uint32", "int8", "bool"])
+def test_bin_holds_dtypes_with_and_without_a_typed_torch_storage(dtype, tmp_path):
+    """pytorch_model.bin is written record by record; dtypes torch has no typed storage class for
+    (float8, uint16 and wider) are pickled as torch.save pickles them, on an untyped storage."""
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch, dtype):
+        pytest.skip(f"this torch has no {dtype}")
+    rng = np.random.default_rng(0)
+    array = rng.standard_normal((3, 5)).astype(np.float32) * 8
+    state = {
+        "a": array.astype(getattr(ml_dtypes, dtype, dtype)),
+        "b.c": np.arange(7).astype(getattr(ml_dtypes, dtype, dtype)),
+    }
+    save_state_dict(state, tmp_path, formats="pytorch")
+    assert_bits_equal(load_state_dict(tmp_path), state)
+    by_torch = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
+    for name, want in state.items():
+        got = by_torch[name]
+        assert got.dtype == getattr(torch, dtype) and tuple(got.shape) == want.shape
+        bits = f"int{8 * want.itemsize}" if dtype.startswith("float8") else dtype
+        assert got.view(getattr(torch, bits)).numpy().tobytes() == want.tobytes(), name
 
 
 def test_streaming_reader_keeps_names_and_shapes_without_loading(tmp_path):
@@ -272,8 +310,8 @@ class _Boom(RuntimeError):
 @pytest.mark.parametrize(
     "fmt, target, attribute",
     [
-        ("safetensors", "clip_core.formats.safetensors_format", "_little_endian_bytes"),
-        ("pytorch", "clip_core.formats.torch_format", "numpy_to_tensor"),
+        ("safetensors", "clip_core.formats.safetensors_format", "little_endian_bytes"),
+        ("pytorch", "clip_core.formats.torch_format", "little_endian_bytes"),
         ("tf", "clip_core.formats.h5_format", "to_tf_layout"),
         ("flax", "clip_core.formats.msgpack_format", "to_channels_last"),
     ],

@@ -222,11 +222,19 @@ def test_flax_loads_our_msgpack(refs, tower, tmp_path):
     assert_same_state(flax_flat(params), ref["flax_params"])
 
 
-def test_our_msgpack_is_byte_identical_to_flax_serialization(refs, tmp_path):
+@pytest.mark.parametrize("chunk_size", [None, 1000])
+def test_our_msgpack_is_byte_identical_to_flax_serialization(refs, tmp_path, monkeypatch, chunk_size):
     # flax.serialization encodes maps in the tree's key order; from_pretrained(from_pt=True) trees
-    # are key-sorted, and so are ours. Same tree, same order -> the same bytes.
+    # are key-sorted, and so are ours. Same tree, same order -> the same bytes. With a small chunk
+    # size (flax's is 1 GiB), most arrays are written in flax's chunked layout, piece by piece.
     from flax import serialization
     from flax.traverse_util import unflatten_dict
+
+    from clip_core.formats import msgpack_format
+
+    if chunk_size is not None:
+        monkeypatch.setattr(serialization, "MAX_CHUNK_SIZE", chunk_size)
+        monkeypatch.setattr(msgpack_format, "MAX_CHUNK_SIZE", chunk_size)
 
     flat = refs["clip"]["flax_params"]
     tree = unflatten_dict({tuple(k.split("/")): flat[k] for k in sorted(flat)})
@@ -236,8 +244,11 @@ def test_our_msgpack_is_byte_identical_to_flax_serialization(refs, tmp_path):
 
     save_state_dict(refs["clip"]["state"], tmp_path, formats="flax")
     ours = (tmp_path / "flax_model.msgpack").read_bytes()
+    if chunk_size is not None:
+        assert ours.count(b"__msgpack_chunked_array__") > 10
     assert ours == serialization.msgpack_serialize(sort_tree(tree))
     assert_same_state(flax_flat(serialization.msgpack_restore(ours)), flat)
+    assert_same_state(load_state_dict(tmp_path), refs["clip"]["state"])
 
 
 def test_streaming_conversion_from_a_lazy_reader(refs, tmp_path):

@@ -2,7 +2,9 @@
 
 Run as a subprocess (the device count is fixed when JAX starts):
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/training_sharded_step.py [--mesh 2x4 ...]
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.training_sharded_step [--mesh 2x4 ...]
+
+from the repo root.
 
 Prints one JSON object: the largest parameter and loss differences per mesh, whether parameters were
 really split along "fsdp", and step times (``--time N`` repeats the step N times to time it).
@@ -12,18 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from clip_core.config import CLIPConfig  # noqa: E402
-from clip_flax import FlaxCLIPModel  # noqa: E402
-from clip_flax.training import TrainConfig, Trainer, init_params, make_mesh, tiny_config  # noqa: E402
+from clip_core.config import CLIPConfig
+from clip_flax import FlaxCLIPModel
+from clip_flax.training import TrainConfig, Trainer, init_params, make_mesh, tiny_config
 
 MICRO = {
     "projection_dim": 32,

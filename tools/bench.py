@@ -1,6 +1,6 @@
 """Side-by-side speed of our backends and transformers', on the same weights, inputs and machine.
 
-    python tools/bench.py [--quick] [--only torch,tf] [--out bench.json]
+    python -m tools.bench [--quick] [--only torch,tf] [--out bench.json]     (from the repo root)
 
 Every section builds its model from the same random ViT-B/32-shaped weights (fixed seed), times a
 warm-up and then the median of several runs, and reports ours and theirs from the same run as a
@@ -22,10 +22,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from clip_core.config import CLIPConfig  # noqa: E402
-from clip_core.weights import canonical_shapes, param_kind  # noqa: E402
+from clip_core.config import CLIPConfig
+from clip_core.weights import random_state
 
 GFLOP_PER_IMAGE = 8.82  # ViT-B/32 at 224 px (CLIP-FACTS.md)
 GFLOP_PER_TEXT = 5.96  # ViT-B/32 text tower at 77 tokens
@@ -92,20 +90,6 @@ def speed_row(section, what, ours_name, ours_seconds, theirs_name, theirs_second
     }
 
 
-def random_state(config: CLIPConfig, seed: int = SEED) -> dict[str, np.ndarray]:
-    """Random canonical weights with sensible scales: N(0, 0.02), LayerNorms at 1/0, CLIP's logit scale."""
-    rng = np.random.default_rng(seed)
-    state = {}
-    for name, shape in canonical_shapes(config, "clip").items():
-        if name == "logit_scale":
-            state[name] = np.asarray(config.logit_scale_init_value, np.float32)
-        elif param_kind(name) == "layer_norm":
-            state[name] = (np.ones if name.endswith("weight") else np.zeros)(shape, np.float32)
-        else:
-            state[name] = rng.normal(0.0, 0.02, shape).astype(np.float32)
-    return state
-
-
 def random_text_batch(
     config: CLIPConfig, batch: int = BATCH, seed: int = SEED
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +112,7 @@ def make_context(quick: bool = False) -> BenchContext:
     rng = np.random.default_rng(SEED + 2)
     ids, mask = random_text_batch(config)
     pixels = rng.normal(0.0, 1.0, (BATCH, 3, 224, 224)).astype(np.float32)
-    return BenchContext(config, random_state(config), pixels, ids, mask, quick=quick)
+    return BenchContext(config, random_state(config, seed=SEED), pixels, ids, mask, quick=quick)
 
 
 def matmul_gflops(n: int = 2048, runs: int = 5) -> dict[str, float]:

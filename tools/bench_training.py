@@ -1,11 +1,11 @@
 """Training speed of clip_flax.training on this machine: examples/s per config, and sharded vs one device.
 
-    python tools/bench_training.py [--configs tiny,vit-b-32] [--batch 16] [--steps 3] [--dtype fp32]
+    python -m tools.bench_training [--configs tiny,vit-b-32] [--batch 16] [--steps 3] [--dtype fp32]
         [--sharded] [--out bench_training.json]
 
 For each config: one full train step (forward, gradient-cache-free backward, AdamW update) on a
 random batch, compiled once, then the median of ``--steps`` timed steps -> examples/s. With
-``--sharded`` it also runs tests/training_sharded_step.py in a subprocess with 8 simulated CPU devices
+``--sharded`` it also runs tests/training_sharded_step.py (``-m tests.training_sharded_step``) in a subprocess with 8 simulated CPU devices
 and reports the step time on a 2x4 (data x fsdp) mesh against one device (the same 8 CPU cores'
 worth of work either way: on a CPU the simulated devices share the cores, so this measures the
 sharding overhead, not a speed-up).
@@ -22,8 +22,6 @@ import statistics
 import subprocess
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,10 +68,10 @@ def train_speed(config_name: str, batch: int, steps: int, dtype: str, remat: boo
 
 def sharded_vs_one(batch: int, steps: int, config: str = "tiny") -> dict:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [
         sys.executable,
-        os.path.join(ROOT, "tests", "training_sharded_step.py"),
+        "-m",
+        "tests.training_sharded_step",
         "--config",
         config,
         "--batch",
@@ -85,7 +83,7 @@ def sharded_vs_one(batch: int, steps: int, config: str = "tiny") -> dict:
         "--time",
         str(steps),
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
     return {"config": config, "batch": batch, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 

@@ -1,10 +1,10 @@
 """Peak memory of clip-convert on a random ViT-L/14-shaped CLIP (~428M parameters, fp32).
 
-    PYTHONPATH=. python tools/convert_memory.py [--workdir DIR] [--formats safetensors pt tf flax all]
+    python -m tools.convert_memory [--workdir DIR] [--formats safetensors pt tf flax all]   (from the repo root)
 
 1. Writes the random checkpoint as model.safetensors tensor by tensor (never the whole model in
    memory), with config.json and the tokenizer / preprocessor files.
-2. Runs ``python -m tools.convert SRC DST --to FMT`` under GNU ``/usr/bin/time -v`` for each format
+2. Runs clip-convert (``clip_core.cli.convert_main``) ``SRC DST --to FMT`` under GNU ``/usr/bin/time -v`` for each format
    and reports its peak RSS ("Maximum resident set size") against the checkpoint size, and the time.
 """
 
@@ -21,25 +21,25 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from clip_core.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig  # noqa: E402
-from clip_core.formats.base import CheckpointReader  # noqa: E402
-from clip_core.formats.safetensors_format import write_safetensors_file  # noqa: E402
-from clip_core.weights import canonical_shapes  # noqa: E402
+from clip_core.config import CLIPConfig
+from clip_core.formats.base import CheckpointReader
+from clip_core.formats.safetensors_format import write_safetensors_file
+from clip_core.weights import canonical_shapes
 
 
 def vit_l14_config() -> CLIPConfig:
-    text = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, projection_dim=768)
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        patch_size=14,
+    return CLIPConfig(
+        text_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, projection_dim=768),
+        vision_config=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            patch_size=14,
+            projection_dim=768,
+        ),
         projection_dim=768,
     )
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=768)
 
 
 class RandomCheckpoint(CheckpointReader):
@@ -85,8 +85,8 @@ def measure(source: str, destination: str, fmt: str) -> tuple[int, float, str]:
         "/usr/bin/time",
         "-v",
         sys.executable,
-        "-m",
-        "tools.convert",
+        "-c",
+        "import sys; from clip_core.cli import convert_main; sys.exit(convert_main())",  # clip-convert
         source,
         destination,
         "--to",
@@ -94,10 +94,8 @@ def measure(source: str, destination: str, fmt: str) -> tuple[int, float, str]:
         "--overwrite",
         "--no-progress",
     ]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": root}
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root)
+    done = subprocess.run(command, capture_output=True, text=True)  # "-c" finds clip_core in this folder
     seconds = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")

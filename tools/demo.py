@@ -1,5 +1,7 @@
 """make demo: one random CLIP, every checkpoint format, all three backends, the same answers.
 
+    python -m tools.demo [--out DIR] [--seed N]     (from the repo root; what `make demo` runs)
+
 1. Build a random CLIP of ViT-B/32 shape (fixed seed) and save it as a transformers folder.
 2. Convert it with clip-convert into a folder per backend, each in that backend's native format
    (pytorch_model.bin, tf_model.h5, flax_model.msgpack), complete with tokenizer and preprocessor.
@@ -23,15 +25,12 @@ import time
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter would bury the table
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from clip_core.config import CLIPConfig  # noqa: E402
-from clip_core.image_processing import CLIPImageProcessor  # noqa: E402
-from clip_core.processing import CLIPProcessor  # noqa: E402
-from clip_core.tokenization_fast import CLIPTokenizerFast  # noqa: E402
-from clip_core.weights import save_state_dict  # noqa: E402
-from tools.bench import random_state  # noqa: E402
-from tools.convert import convert  # noqa: E402
+from clip_core.config import CLIPConfig
+from clip_core.conversion import convert
+from clip_core.image_processing import CLIPImageProcessor
+from clip_core.processing import CLIPProcessor
+from clip_core.tokenization_fast import CLIPTokenizerFast
+from clip_core.weights import random_state, save_state_dict
 
 CAPTIONS = ["a photo of a cat", "a portrait of an astronaut", "a cup of coffee on a saucer"]
 NATIVE_FORMAT = {"torch": "pt", "tf": "tf", "flax": "flax"}

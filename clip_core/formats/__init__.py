@@ -1,9 +1,15 @@
 """Checkpoint files in every format transformers uses, read lazily and written atomically.
 
+One module per format, each with its reader and its writer: ``safetensors_format``
+(model.safetensors), ``torch_format`` (pytorch_model.bin), ``h5_format`` (tf_model.h5) and
+``msgpack_format`` (flax_model.msgpack); ``base`` holds what they share (the lazy reader
+interface, the dtype table, shards). Every reader and writer streams one tensor at a time.
+
 ``open_checkpoint(pretrained)`` -> a lazy ``CheckpointReader`` (a read-only Mapping from canonical
-names to numpy arrays in torch layout) for a folder, a single weights file or a Hub id.
-``save_checkpoint(state, folder, formats)`` writes any Mapping of canonical arrays (a reader
-too, so a conversion streams tensor by tensor where the format allows it).
+names to numpy arrays in torch layout, with ``info(name)``) for a folder, a weights file or a Hub id.
+``save_checkpoint(state, folder, formats)`` writes any Mapping of canonical arrays (a reader too,
+so a conversion streams tensor by tensor); both ``clip_core.weights.save_state_dict`` and the
+converter write through it.
 """
 
 from __future__ import annotations
@@ -14,13 +20,22 @@ from collections.abc import Mapping, Sequence
 
 from clip_core.files import find_file, resolve_file
 from clip_core.formats.base import CheckpointReader, parse_size, read_index
-from clip_core.formats.h5_format import TF_MODEL_NAMES, H5Reader, save_h5
-from clip_core.formats.msgpack_format import MsgpackReader, save_msgpack
+from clip_core.formats.h5_format import TF_MODEL_NAMES, open_h5, save_h5
+from clip_core.formats.msgpack_format import open_msgpack, save_msgpack
 from clip_core.formats.safetensors_format import open_safetensors, save_safetensors
 from clip_core.formats.torch_format import open_torch_bin, save_torch_bin
 from clip_core.names import CheckpointError, infer_model_kind
 
-__all__ = ["CheckpointReader", "WEIGHTS_FILES", "open_checkpoint", "save_checkpoint", "infer_model_kind"]
+__all__ = [
+    "ALL_FORMATS",
+    "CheckpointReader",
+    "WEIGHTS_FILES",
+    "find_weights_file",
+    "format_names",
+    "infer_model_kind",
+    "open_checkpoint",
+    "save_checkpoint",
+]
 
 # Preferred first: safetensors needs nothing but numpy and runs no code; then transformers' order.
 WEIGHTS_FILES = (
@@ -34,6 +49,7 @@ WEIGHTS_FILES = (
     "flax_model.msgpack.index.json",
 )
 
+ALL_FORMATS = ("safetensors", "pytorch", "tf", "flax")
 FORMAT_ALIASES = {
     "safetensors": "safetensors",
     "pytorch": "pytorch",
@@ -49,8 +65,23 @@ FORMAT_ALIASES = {
 }
 
 
+def format_names(formats: str | Sequence[str]) -> tuple[str, ...]:
+    """Canonical format names, in order, without repeats: aliases resolved, "all" = the four."""
+    formats = [formats] if isinstance(formats, str) else list(formats)
+    unknown = [f for f in formats if f.lower() not in FORMAT_ALIASES and f.lower() != "all"]
+    if unknown or not formats:
+        raise ValueError(
+            f"unknown weights format(s) {unknown}; choose from {', '.join(ALL_FORMATS)} or all "
+            f"(aliases: {', '.join(sorted(set(FORMAT_ALIASES) - set(ALL_FORMATS)))})"
+        )
+    names: list[str] = []
+    for f in formats:
+        names += ALL_FORMATS if f.lower() == "all" else [FORMAT_ALIASES[f.lower()]]
+    return tuple(dict.fromkeys(names))
+
+
 def _opener(path: str):
-    """The reader class for a weights file, by name, else by its first bytes."""
+    """The open function for a weights file (or shard index), by name, else by its first bytes."""
     stem = path[: -len(".index.json")] if path.endswith(".index.json") else path
     ext = os.path.splitext(stem)[1].lower()
     if ext == ".safetensors":
@@ -58,32 +89,23 @@ def _opener(path: str):
     if ext in (".bin", ".pt", ".pth"):
         return open_torch_bin
     if ext in (".h5", ".hdf5"):
-        return _sharded_or(H5Reader)
+        return open_h5
     if ext == ".msgpack":
-        return _sharded_or(MsgpackReader)
+        return open_msgpack
     with open(path, "rb") as f:
         magic = f.read(8)
     if magic.startswith(b"PK"):
         return open_torch_bin
     if magic.startswith(b"\x89HDF"):
-        return H5Reader
+        return open_h5
     raise CheckpointError(f"{path}: unknown weights file type (expected {', '.join(WEIGHTS_FILES)})")
-
-
-def _sharded_or(reader_class):
-    from clip_core.formats.base import ShardedReader
-
-    def open_path(path: str) -> CheckpointReader:
-        return ShardedReader(path, reader_class) if path.endswith(".index.json") else reader_class(path)
-
-    return open_path
 
 
 def _torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def _weights_file(pretrained: str, cache_dir: str | None) -> str:
+def find_weights_file(pretrained: str, cache_dir: str | None = None) -> str:
     """The weights file (or shard index) to read for a folder or Hub id, in preference order.
 
     pytorch_model.bin is skipped when torch is missing and another format is there.
@@ -108,7 +130,7 @@ def _weights_file(pretrained: str, cache_dir: str | None) -> str:
 def open_checkpoint(pretrained: str | os.PathLike, cache_dir: str | None = None) -> CheckpointReader:
     """Lazy reader for a folder, a weights file (or shard index), or a Hub id (through its cache)."""
     pretrained = os.fspath(pretrained)
-    path = pretrained if os.path.isfile(pretrained) else _weights_file(pretrained, cache_dir)
+    path = pretrained if os.path.isfile(pretrained) else find_weights_file(pretrained, cache_dir)
     return _opener(path)(path)
 
 
@@ -121,25 +143,20 @@ def save_checkpoint(
 ) -> list[str]:
     """Write ``state`` (canonical names, torch layout) in each format; returns the paths written.
 
-    formats: "safetensors", "pytorch" (pt/bin/torch), "tf" (h5) and/or "flax" (msgpack).
+    formats: "safetensors", "pytorch" (pt/bin/torch), "tf" (h5), "flax" (msgpack) or "all".
     model_kind (default: inferred from the names) picks the Keras model name in tf_model.h5.
     max_shard_size ("5GB", "200MB" or bytes) splits safetensors and pytorch files into shards.
     """
     folder = os.fspath(folder)
     if os.path.isfile(folder):
         raise ValueError(f"expected a folder to save weights into, got the file {folder}")
-    formats = [formats] if isinstance(formats, str) else list(formats)
-    unknown = [f for f in formats if f.lower() not in FORMAT_ALIASES]
-    if unknown or not formats:
-        raise ValueError(
-            f"unknown weights format(s) {unknown}; choose from {sorted(set(FORMAT_ALIASES.values()))}"
-        )
+    names = format_names(formats)
     if model_kind is not None and model_kind not in TF_MODEL_NAMES:
         raise ValueError(f"model_kind must be one of {tuple(TF_MODEL_NAMES)}, got {model_kind!r}")
     max_bytes = parse_size(max_shard_size) if max_shard_size is not None else None
     os.makedirs(folder, exist_ok=True)
     written: list[str] = []
-    for fmt in dict.fromkeys(FORMAT_ALIASES[f.lower()] for f in formats):
+    for fmt in names:
         if fmt == "safetensors":
             written += save_safetensors(state, folder, max_bytes)
         elif fmt == "pytorch":

@@ -1,9 +1,13 @@
-"""What every checkpoint format shares: a lazy reader interface, dtype names, shards, sizes.
+"""What every checkpoint format shares: the lazy reader interface, the dtype table, shards, sizes.
 
 A reader is a read-only ``Mapping`` from canonical names to numpy arrays in canonical (torch)
 layout. Listing names and ``info(name)`` (shape, dtype) read no tensor data; ``reader[name]``
 reads one tensor. So a converter can stream a large checkpoint tensor by tensor, and
 ``dict(reader)`` is the whole state when that is what is wanted.
+
+``DTYPES`` is the one table of dtype names (numpy's, safetensors' codes, torch's storage
+classes); ``save_maybe_sharded`` / ``ShardedReader`` handle transformers' shards and their
+``*.index.json`` for every format. The format modules build their reader and writer on these.
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping
+from typing import NamedTuple
 
 import numpy as np
 
 from clip_core.files import atomic_write_text
-from clip_core.names import CheckpointError, parameter_names  # noqa: F401 - parameter_names used by the formats
+from clip_core.names import CheckpointError, parameter_names
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"  # transformers' default
 
@@ -79,7 +84,32 @@ def tensor_info(state: Mapping, name: str) -> tuple[tuple[int, ...], np.dtype]:
 
 
 # ---------------------------------------------------------------------------------------------
-# dtypes numpy lacks (ml_dtypes provides them; imported only when such a tensor shows up)
+# dtypes: one table of the names each format gives them
+
+
+class DtypeNames(NamedTuple):
+    safetensors: str  # the code in a safetensors header
+    torch_storage: str | None  # torch's typed storage class in a pickle; None: an untyped storage
+
+
+DTYPES: dict[str, DtypeNames] = {  # by numpy dtype name (bfloat16 and float8 through ml_dtypes)
+    "float64": DtypeNames("F64", "DoubleStorage"),
+    "float32": DtypeNames("F32", "FloatStorage"),
+    "float16": DtypeNames("F16", "HalfStorage"),
+    "bfloat16": DtypeNames("BF16", "BFloat16Storage"),
+    "float8_e4m3fn": DtypeNames("F8_E4M3", None),
+    "float8_e5m2": DtypeNames("F8_E5M2", None),
+    "int64": DtypeNames("I64", "LongStorage"),
+    "int32": DtypeNames("I32", "IntStorage"),
+    "int16": DtypeNames("I16", "ShortStorage"),
+    "int8": DtypeNames("I8", "CharStorage"),
+    "uint64": DtypeNames("U64", None),
+    "uint32": DtypeNames("U32", None),
+    "uint16": DtypeNames("U16", None),
+    "uint8": DtypeNames("U8", "ByteStorage"),
+    "bool": DtypeNames("BOOL", "BoolStorage"),
+}
+ML_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2")  # floating types numpy itself lacks
 
 
 def extended_dtype(name: str) -> np.dtype:
@@ -100,6 +130,20 @@ def extended_dtype(name: str) -> np.dtype:
 
 def is_bfloat16(dtype: np.dtype) -> bool:
     return np.dtype(dtype).name == "bfloat16"
+
+
+def is_floating(dtype: np.dtype) -> bool:
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" or dtype.name in ML_DTYPES
+
+
+def little_endian_bytes(array: np.ndarray) -> memoryview:
+    """A tensor's bytes, C order, little-endian, as a view where possible (a large tensor is not
+    held twice while it is written)."""
+    array = np.asarray(array)
+    if array.dtype.byteorder == ">":  # every format here is little-endian; big-endian input is rare
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,9 +247,13 @@ class ShardedReader(CheckpointReader):
         # Stored names may be non-canonical (TF); ask each shard for its canonical names.
         files = sorted(set(read_index(index_path).values()))
         self._where: dict[str, str] = {}
-        for file in files:
-            for name in self._shard(file).keys():
-                self._where[name] = file
+        try:
+            for file in files:
+                for name in self._shard(file).keys():
+                    self._where[name] = file
+        except BaseException:
+            self.close()  # the shards opened so far
+            raise
 
     def _shard(self, file: str) -> CheckpointReader:
         if file not in self._shards:
@@ -227,6 +275,11 @@ class ShardedReader(CheckpointReader):
     def close(self):
         for shard in self._shards.values():
             shard.close()
+
+
+def open_maybe_sharded(path: str, reader_class) -> CheckpointReader:
+    """``reader_class(path)``, or a ShardedReader of them for a ``*.index.json``."""
+    return ShardedReader(path, reader_class) if path.endswith(".index.json") else reader_class(path)
 
 
 def save_maybe_sharded(

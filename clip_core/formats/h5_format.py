@@ -1,4 +1,4 @@
-"""transformers' tf_model.h5 (Keras 2 HDF5 weights), read and written with h5py.
+"""transformers' tf_model.h5 (Keras 2 HDF5 weights), read and written with h5py, a tensor at a time.
 
 Layout written by ``TFCLIPModel.save_pretrained(safe_serialization=False)``:
 root attributes ``layer_names`` (the model's top layers: ``[b"clip"]``), ``backend``,
@@ -21,7 +21,13 @@ from collections.abc import Mapping
 import numpy as np
 
 from clip_core.files import atomic_path
-from clip_core.formats.base import CheckpointReader, extended_dtype, is_bfloat16, parameter_names, tensor_info
+from clip_core.formats.base import (
+    CheckpointReader,
+    extended_dtype,
+    is_bfloat16,
+    open_maybe_sharded,
+    tensor_info,
+)
 from clip_core.layouts import (
     canonical_name_from_tf,
     from_tf_layout,
@@ -30,7 +36,7 @@ from clip_core.layouts import (
     tf_weight_name,
     to_tf_layout,
 )
-from clip_core.names import MODEL_KINDS, CheckpointError
+from clip_core.names import MODEL_KINDS, CheckpointError, parameter_names
 
 FILENAME = "tf_model.h5"
 MAIN_LAYER = "clip"
@@ -119,6 +125,11 @@ class H5Reader(CheckpointReader):
 
     def close(self):
         self._file.close()
+
+
+def open_h5(path: str) -> CheckpointReader:
+    """A single file, or a ``tf_model.h5.index.json`` of transformers' shards."""
+    return open_maybe_sharded(path, H5Reader)
 
 
 def _save_attribute_list(group, name: str, values: list[str]) -> None:

@@ -7,19 +7,28 @@ are stored as a map ``{"__msgpack_chunked_array__": True, "shape": {...}, "chunk
 flat pieces, as flax does to stay under msgpack's 2 GiB object limit.
 
 The reader indexes the byte range of every leaf in one pass over the map structure (skipping array
-payloads), then decodes one leaf at a time from a memory map.
+payloads), then decodes one leaf at a time from a memory map, giving the mapped pages back once a
+leaf is copied out. The writer streams: each array's bytes go from the array to the file with no
+packed copy, chunked pieces included; its files are byte-identical to flax.serialization's.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import struct
 from collections.abc import Mapping
 
 import numpy as np
 
 from clip_core.files import atomic_path
-from clip_core.formats.base import CheckpointReader, extended_dtype, parameter_names, tensor_info
+from clip_core.formats.base import (
+    CheckpointReader,
+    extended_dtype,
+    little_endian_bytes,
+    open_maybe_sharded,
+    tensor_info,
+)
 from clip_core.layouts import (
     canonical_name_from_flax,
     flax_path,
@@ -27,7 +36,7 @@ from clip_core.layouts import (
     shape_from_channels_last,
     to_channels_last,
 )
-from clip_core.names import CheckpointError
+from clip_core.names import CheckpointError, parameter_names
 
 FILENAME = "flax_model.msgpack"
 EXT_NDARRAY, EXT_NPSCALAR = 1, 3
@@ -50,7 +59,7 @@ def _msgpack():
 
 
 # ---------------------------------------------------------------------------------------------
-# Arrays <-> ext payloads
+# Ext payloads -> arrays
 
 
 def _array_from_payload(payload) -> np.ndarray:
@@ -65,10 +74,6 @@ def _ext_hook(code: int, payload: bytes):
     if code == EXT_NPSCALAR:
         return _array_from_payload(payload)[()]
     raise CheckpointError(f"unexpected msgpack extension type {code}")
-
-
-def _array_payload(array: np.ndarray) -> bytes:
-    return _msgpack().packb((array.shape, array.dtype.name, array.tobytes("C")), use_bin_type=True)
 
 
 def _unchunk(leaf: dict) -> np.ndarray:
@@ -210,6 +215,11 @@ class MsgpackReader(CheckpointReader):
         self._buf.close()
 
 
+def open_msgpack(path: str) -> CheckpointReader:
+    """A single file, or a ``flax_model.msgpack.index.json`` of transformers' shards."""
+    return open_maybe_sharded(path, MsgpackReader)
+
+
 def _release_pages(buf, start: int, end: int) -> None:
     """Drop the mapped pages of ``buf[start:end]`` from this process (the file is untouched).
 
@@ -246,7 +256,7 @@ class _MemoryFile:
 
 
 # ---------------------------------------------------------------------------------------------
-# Writing
+# Writing: each array's bytes go straight from the array to the file (no packed copies)
 
 
 def _tree_of_names(names: list[str]) -> dict:
@@ -263,43 +273,78 @@ def _tree_of_names(names: list[str]) -> dict:
     return tree
 
 
-def _pack_leaf(packer, array: np.ndarray) -> bytes:
-    msgpack = _msgpack()
-    array = np.asarray(array, order="C")
+def _bin_header(n: int) -> bytes:
+    if n < 2**8:
+        return b"\xc4" + struct.pack(">B", n)
+    if n < 2**16:
+        return b"\xc5" + struct.pack(">H", n)
+    return b"\xc6" + struct.pack(">I", n)
+
+
+_FIXEXT = {1: b"\xd4", 2: b"\xd5", 4: b"\xd6", 8: b"\xd7", 16: b"\xd8"}
+
+
+def _ext_header(code: int, n: int) -> bytes:
+    if n in _FIXEXT:
+        return _FIXEXT[n] + struct.pack(">b", code)
+    if n < 2**8:
+        return b"\xc7" + struct.pack(">Bb", n, code)
+    if n < 2**16:
+        return b"\xc8" + struct.pack(">Hb", n, code)
+    return b"\xc9" + struct.pack(">Ib", n, code)
+
+
+def _write_ndarray(f, packer, array: np.ndarray) -> None:
+    """ExtType(1, packb((shape, dtype name, bytes))), as flax.serialization writes an array."""
+    data = little_endian_bytes(array)
+    head = b"\x93" + packer.pack(list(array.shape)) + packer.pack(array.dtype.name) + _bin_header(data.nbytes)
+    f.write(_ext_header(EXT_NDARRAY, len(head) + data.nbytes) + head)
+    f.write(data)
+
+
+def _write_leaf(f, packer, array: np.ndarray) -> None:
+    """One array, or over MAX_CHUNK_SIZE flax's chunked map of flat pieces (each piece a view)."""
     if array.nbytes <= MAX_CHUNK_SIZE:
-        return packer.pack(msgpack.ExtType(EXT_NDARRAY, _array_payload(array)))
-    flat = array.reshape(-1)
+        _write_ndarray(f, packer, array)
+        return
+    flat = np.ascontiguousarray(array).reshape(-1)
     step = max(1, MAX_CHUNK_SIZE // array.dtype.itemsize)
-    pieces = [flat[i : i + step] for i in range(0, flat.size, step)]
-    out = packer.pack_map_header(3) + packer.pack(CHUNKED) + packer.pack(True)
-    out += packer.pack("shape") + packer.pack({str(i): d for i, d in enumerate(array.shape)})
-    out += packer.pack("chunks") + packer.pack_map_header(len(pieces))
-    for i, piece in enumerate(pieces):
-        out += packer.pack(str(i)) + packer.pack(msgpack.ExtType(EXT_NDARRAY, _array_payload(piece)))
-    return out
+    starts = range(0, flat.size, step)
+    f.write(packer.pack_map_header(3) + packer.pack(CHUNKED) + packer.pack(True))
+    f.write(packer.pack("shape") + packer.pack({str(i): d for i, d in enumerate(array.shape)}))
+    f.write(packer.pack("chunks") + packer.pack_map_header(len(starts)))
+    for i, start in enumerate(starts):
+        f.write(packer.pack(str(i)))
+        _write_ndarray(f, packer, flat[start : start + step])
 
 
-def _write_tree(f, packer, node: dict, state: Mapping) -> None:
-    # Sorted keys: flax (through jax's pytree flattening) writes maps in sorted key order.
-    f.write(packer.pack_map_header(len(node)))
-    for key in sorted(node):
-        f.write(packer.pack(key))
-        value = node[key]
-        if isinstance(value, dict):
-            _write_tree(f, packer, value, state)
-        else:
-            f.write(_pack_leaf(packer, to_channels_last(value, np.asarray(state[value]))))
+def write_msgpack_file(state: Mapping, path: str, names: list[str] | None = None) -> str:
+    """flax_model.msgpack (atomically) holding ``names`` of ``state``, one tensor in memory at a time."""
+    msgpack = _msgpack()
+    names = parameter_names(state) if names is None else names
+    for name in names:
+        tensor_info(state, name)  # fail on a bad entry before creating the file
+    tree = _tree_of_names(names)
+    # Tuples are packed as arrays, as flax packs shapes; strict_types would refuse them.
+    packer = msgpack.Packer(use_bin_type=True)
+
+    def write_tree(f, node: dict) -> None:
+        # Sorted keys: flax (through jax's pytree flattening) writes maps in sorted key order.
+        f.write(packer.pack_map_header(len(node)))
+        for key in sorted(node):
+            f.write(packer.pack(key))
+            value = node[key]
+            if isinstance(value, dict):
+                write_tree(f, value)
+            else:
+                _write_leaf(f, packer, to_channels_last(value, np.asarray(state[value])))
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write_tree(f, tree)
+    return path
 
 
 def save_msgpack(state: Mapping, folder: str) -> list[str]:
     """flax_model.msgpack that transformers' FlaxCLIPModel (and flax.serialization) reads."""
-    msgpack = _msgpack()
-    names = parameter_names(state)
-    for name in names:
-        tensor_info(state, name)
-    tree = _tree_of_names(names)
     path = os.path.join(folder, FILENAME)
-    packer = msgpack.Packer(use_bin_type=True, strict_types=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        _write_tree(f, packer, tree, state)
-    return [os.path.abspath(path)]
+    return [os.path.abspath(write_msgpack_file(state, path))]

@@ -1,11 +1,12 @@
-"""Fine-tune (or train from scratch) a FlaxCLIPModel with a contrastive loss, sharded over all devices.
+"""clip-finetune-flax: fine-tune (or train from scratch) a FlaxCLIPModel with a contrastive loss,
+sharded over all devices. The pieces are clip_flax.training and clip_flax.data; this is the command.
 
     # from scratch on the built-in synthetic shapes, with held-out zero-shot accuracy every 50 steps
-    python tools/finetune_flax.py --config tiny --synthetic 4000 --steps 300 --eval-every 50
+    clip-finetune-flax --config tiny --synthetic 4000 --steps 300 --eval-every 50
 
     # fine-tune a checkpoint folder on image-caption pairs, checkpoints every 500 steps, export at the end
-    python tools/finetune_flax.py --init-from ./clip-vit-base-patch32 --data-dir imgs --captions caps.jsonl \
-        --batch-size 256 --lr 1e-5 --warmup 500 --steps 10000 --dtype bf16 --remat \
+    clip-finetune-flax --init-from ./clip-vit-base-patch32 --data-dir imgs --captions caps.jsonl \\
+        --batch-size 256 --lr 1e-5 --warmup 500 --steps 10000 --dtype bf16 --remat \\
         --mesh-fsdp 4 --ckpt-dir ckpt --save-every 500 --resume --export ./finetuned
 
 The mesh has a "data" axis and an "fsdp" axis (--mesh-data x --mesh-fsdp = number of devices; by
@@ -13,7 +14,8 @@ default all devices on "data"). --batch-size is the global batch; in a multi-hos
 each host loads its own share. Resuming (--resume with --ckpt-dir) restores params, optimizer state,
 step and RNG; the data order is a function of (seed, step), so the resumed run repeats the
 uninterrupted one. Losses, learning rate, examples/s and evaluations go to the log, to a progress
-bar, and (with --metrics-file) to a JSONL file.
+bar, and (with --metrics-file) to a JSONL file. ``run(argv)`` does the same and returns the losses
+and evaluations.
 """
 
 from __future__ import annotations
@@ -21,17 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 log = logging.getLogger("finetune_flax")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="clip-finetune-flax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     g = p.add_argument_group("model")
     m = g.add_mutually_exclusive_group(required=True)
     m.add_argument("--init-from", help="checkpoint folder (config.json + weights) to fine-tune")
@@ -327,7 +327,3 @@ def run(argv: list[str] | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     run(argv)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

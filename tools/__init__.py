@@ -1,1 +1,0 @@
-"""Command-line tools: clip-convert, benchmarks, the demo and Flax fine-tuning."""
