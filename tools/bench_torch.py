@@ -24,8 +24,8 @@ def _models(ctx, dtype=None):
 
     dtype = dtype or torch.float32
     with torch.device("meta"):  # no random init: the weights come from the context
-        ours = CLIPModel(ctx.config)
-    ours.load_canonical_state(ctx.state, dtype=dtype)
+        ours = CLIPModel(ctx.config).to(dtype)
+    ours.load_canonical_state(ctx.state)
     return ours.eval(), hf_torch_model(ctx, "sdpa").to(dtype)
 
 
