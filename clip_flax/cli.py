@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run(argv)
-    except (DataError, ShardError, HostsDisagree) as e:
+    except (DataError, ShardError, HostsDisagree, FileNotFoundError) as e:
         print(f"clip-finetune-flax: error: {e}", file=sys.stderr, flush=True)
         return 1
     return 0

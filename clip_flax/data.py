@@ -112,7 +112,17 @@ def load_image(path: str) -> Image.Image:
         return im.convert("RGB")
 
 
-class CaptionDataset:
+class _Reporting:
+    """What the datasets share: problems kept in ``problems`` and logged."""
+
+    problems: list[str]
+
+    def report(self, message: str) -> None:
+        self.problems.append(message)
+        logger.warning(message)
+
+
+class CaptionDataset(_Reporting):
     """(image, caption) pairs listed in a JSONL or CSV file, image paths relative to ``data_dir``.
 
     ``verify_images`` opens every image once (PIL's ``verify``, which reads headers and checks
@@ -164,10 +174,6 @@ class CaptionDataset:
         if not self.paths:
             raise DataError(f"{captions_file}: no usable rows ({len(self.problems)} skipped)")
 
-    def report(self, message: str) -> None:
-        self.problems.append(message)
-        logger.warning(message)
-
     def __len__(self) -> int:
         return len(self.paths)
 
@@ -207,7 +213,7 @@ COLOURS = {
 SHAPES = ("circle", "square", "triangle", "cross")
 
 
-class SyntheticShapes:
+class SyntheticShapes(_Reporting):
     """``n`` images of one coloured shape each, captioned "a {colour} {shape}"; example i is drawn from
     ``seed`` and ``i`` alone, so any subset can be regenerated anywhere (every host, every resume).
 
@@ -240,10 +246,6 @@ class SyntheticShapes:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(f"synthetic {self.n} {self.image_size} {self.seed}".encode()).hexdigest()
-
-    def report(self, message: str) -> None:
-        self.problems.append(message)
-        logger.warning(message)
 
     def load(self, i: int):
         return self.draw(i), self.caption(i)
@@ -505,7 +507,6 @@ def iter_stream(
     report = report or logger.warning
     position = (0, 0, 0, 0, 0) if position is None else position
     epoch, block, shard_pos, sample_index, skip = (int(v) for v in position)
-    fresh_empty_epochs = 0
     while True:
         order = np.random.default_rng([seed, stream, epoch]).permutation(len(shards))
         fresh = block == 0 and shard_pos == 0 and sample_index == 0 and skip == 0
@@ -536,8 +537,7 @@ def iter_stream(
                 emitted_any = True
                 yield items[order_in_block[k]], after
             block, skip = block + 1, 0
-        fresh_empty_epochs = fresh_empty_epochs + 1 if fresh and not emitted_any else 0
-        if fresh_empty_epochs:
+        if fresh and not emitted_any:  # a whole epoch without a usable sample: it would loop forever
             named = ", ".join(shards[:3]) + (f" and {len(shards) - 3} more" if len(shards) > 3 else "")
             raise DataError(f"no usable samples (image and caption) in {named}")
         epoch, block, shard_pos, sample_index, skip = epoch + 1, 0, 0, 0, 0
@@ -754,7 +754,7 @@ class _Stopped(Exception):
     """The consumer went away: the loader threads end quietly."""
 
 
-class ShardSamples:
+class ShardSamples(_Reporting):
     """Every sample of a few shards in memory (an evaluation set), as an index-able dataset."""
 
     def __init__(self, shards: Sequence[str]) -> None:
@@ -770,10 +770,6 @@ class ShardSamples:
         ]
         if not self.items:
             raise DataError(f"no usable samples in the evaluation shards {list(shards)[:3]}")
-
-    def report(self, message: str) -> None:
-        self.problems.append(message)
-        logger.warning(message)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -66,23 +66,34 @@ def _max_diff(a, b) -> float:
 # -- sharding -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sharded_steps():
-    """One step on 1 device, on a 2x4 (data x fsdp) mesh, and on that mesh in 2 micro-batches."""
-    # LLVM's optimisation level 0: a third less compile time; the comparison is within one process.
-    flags = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+def sharded_step_subprocess(devices: int, *args: str, flags: str = "", timeout: int = 900) -> dict:
+    """tests/training_sharded_step.py with ``devices`` simulated CPU devices; its JSON output."""
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {flags}",
+        "JAX_PLATFORMS": "cpu",
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.training_sharded_step", "--mesh", "2x4", "--mesh", "2x4:2"],
+        [sys.executable, "-m", "tests.training_sharded_step", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["devices"] == 8
+    assert out["devices"] == devices
+    return out
+
+
+@pytest.fixture(scope="module")
+def sharded_steps():
+    """One step on 1 device, on a 2x4 (data x fsdp) mesh, and on that mesh in 2 micro-batches."""
+    # LLVM's optimisation level 0: a third less compile time; the comparison is within one process.
+    out = sharded_step_subprocess(
+        8, "--mesh", "2x4", "--mesh", "2x4:2", flags="--xla_backend_optimization_level=0"
+    )
     return out["meshes"]
 
 
@@ -348,18 +359,7 @@ def test_sigmoid_loss_is_siglips_formula():
 def test_chunked_sigmoid_loss_equals_unchunked_on_4_devices():
     """The ring of ppermutes over 4 simulated devices (meshes 2x2 and 4x1) gives the unchunked loss and
     gradients, and its program passes texts around instead of gathering them."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.training_sharded_step", "--sigmoid", "--mesh", "2x2", "--mesh", "4x1"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["devices"] == 4
+    out = sharded_step_subprocess(4, "--sigmoid", "--mesh", "2x2", "--mesh", "4x1", timeout=300)
     for name, check in out["sigmoid"].items():
         assert check["loss"] > 1.0, name  # SigLIP's bias init: a large loss at the start
         assert check["loss_diff"] <= 1e-5 * check["loss"], name
@@ -525,6 +525,11 @@ def test_shard_loader_skips_and_replaces_bad_samples(tmp_path):
     assert captions == ["good 0", "good 2", "good 5", "good 4"]
     assert any("k1: no caption" in p for p in problems) and any("k3: cannot decode" in p for p in problems)
     np.testing.assert_array_equal(batch["pixel_values"], again["pixel_values"])
+    # Decoded on the loader's threads, one row at a time: the processor's own numbers.
+    import io
+
+    whole = processor.image_processor(Image.open(io.BytesIO(_png_bytes(4))), return_tensors="np")
+    np.testing.assert_array_equal(batch["pixel_values"][3], whole["pixel_values"][0])
     # Epoch 0, block 5 next, from sample 6 of the first shard: all 6 samples were read (5 blocks of 1).
     assert batch["data_state"].tolist() == [[0, 5, 0, 6, 0]]
 
