@@ -485,6 +485,7 @@ def run(argv: list[str] | None = None) -> dict:
                     saved_record["data"]["state"] = T.gather_rows(last_data_state).tolist()
                 checkpointer.save(state, saved_record, force=True)
                 progress.write(f"checkpoint saved at step {done}")
+                window_start = time.perf_counter()  # nor is checkpointing
             if evaluating:
                 run_eval(done)
                 window_start = time.perf_counter()  # evaluation time is not training time

@@ -1,11 +1,13 @@
 """clip-finetune-flax on 2 processes x 2 simulated CPU devices (jax.distributed on 127.0.0.1, gloo
-collectives) against 1 process x 4 devices, on streamed webdataset shards with the sigmoid loss.
+collectives) against 1 process x 4 devices, on streamed webdataset shards with the sigmoid loss and
+parameters split along "fsdp" within each host.
 
 Real subprocesses on a free port chosen here, each phase bounded by a timeout and every process
 killed at the end, also on failure. One module-scoped fixture runs, at the same time:
 - the reference: 1 process x 4 devices, 6 steps, export;
-- 2 processes x 2 devices, checkpoints every 3 steps, SIGKILLed as soon as host 0 prints that the
-  step-3 checkpoint is saved; then resumed (--resume) to step 6 and exported.
+- 2 processes x 2 devices, each step in 2 micro-batches (the gradient cache), checkpoints every 3
+  steps, SIGKILLed as soon as host 0 prints that the step-3 checkpoint is saved; then resumed
+  (--resume) to step 6 and exported.
 The 2-process losses, the resume point and the exported weights must match the reference. Two short
 runs check that the hosts fail together, with the error of the host at fault, never hang: one host
 seeing different files (stopped at start-up), one host whose stream has no usable sample (stopped
@@ -34,6 +36,9 @@ from tests.training_sharded_step import micro_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, SAVE_AT = 6, 3
+# The 2-process runs take each step in 2 micro-batches (the gradient cache): the same step as one
+# batch, so the same numbers as the reference's. (The failure runs too: one compiled program.)
+TWO = ["--accum", "2"]
 TIMEOUT = 150  # seconds for one phase on a busy 2-core machine; typical: 20-30
 
 
@@ -135,7 +140,7 @@ def setup(tmp_path_factory):
     shards = write_shards(str(tmp / "shards"))
     common = ["--config", str(tmp / "cfg"), "--shards", shards, "--data-streams", "4",
               "--shuffle-buffer", "4", "--batch-size", "8", "--steps", str(STEPS), "--lr", "3e-3",
-              "--loss", "sigmoid", "--no-progress", "--log-every", "1",
+              "--loss", "sigmoid", "--mesh-fsdp", "2", "--no-progress", "--log-every", "1",
               "--compilation-cache", str(tmp / "jax-cache")]  # fmt: skip
     return tmp, common
 
@@ -149,7 +154,7 @@ def runs(setup):
         reference = procs.launch(
             "ref", [[*common, "--export", str(tmp / "ref"), "--metrics-file", str(tmp / "ref.jsonl")]], 4
         )
-        two = [*common, "--ckpt-dir", str(tmp / "ckpt"), "--save-every", str(SAVE_AT)]
+        two = [*common, *TWO, "--ckpt-dir", str(tmp / "ckpt"), "--save-every", str(SAVE_AT)]
         first = procs.launch("first", [[*two, "--metrics-file", str(tmp / "first.jsonl")]] * 2, 2)
         wait_for_line(tmp / "first-0.out", f"checkpoint saved at step {SAVE_AT}", first)
         for proc in first:
@@ -185,6 +190,8 @@ def test_two_processes_match_one_process(runs):
     assert len(set(ref.values())) == STEPS  # it trains: every step's loss differs
     # Killed right after the step-3 checkpoint; the resumed run starts exactly there.
     assert runs["first_codes"] == [-signal.SIGKILL] * 2, runs["first_log"]
+    # Params split over each host's 2 devices ("fsdp"), the batch over the hosts and devices ("data").
+    assert "mesh {'data': 2, 'fsdp': 2} on 4 cpu device(s), 2 host(s)" in runs["first_log"]
     assert set(range(SAVE_AT)) <= set(first)
     assert min(resumed) == SAVE_AT and sorted(resumed) == list(range(SAVE_AT, STEPS))
     for step, loss in {**first, **resumed}.items():
@@ -231,7 +238,7 @@ def test_a_loader_error_on_one_host_stops_every_host(setup, tmp_path):
     # Stream 2 (host 1's first) reads shards 2 and 6: without captions, it has no usable sample.
     # The files are the same on both hosts, so the start-up check passes and training starts.
     shards = write_shards(str(tmp_path / "shards"), captionless=(2, 6))
-    argv = with_shards(setup[1], shards)
+    argv = with_shards([*setup[1], *TWO], shards)
     procs = Processes(tmp_path)
     try:
         started = procs.launch("broken", [argv, argv], 2)

@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.sigmoid:
         meshes = [tuple(int(x) for x in name.split("x")) for name in args.mesh or ["2x2"]]
-        out = {f"{d}x{f}": sigmoid_check(make_mesh(d, f)) for d, f in meshes}
+        out = {f"{d}x{f}": sigmoid_check(make_mesh(d, f, jax.devices()[: d * f])) for d, f in meshes}
         print(json.dumps({"devices": jax.device_count(), "sigmoid": out}))
         return 0
 

@@ -181,8 +181,6 @@ def input_speed(
     images: int, batch: int, threads: int | None, hosts: int = 1, steps: int | None = None
 ) -> dict:
     """Examples/s of ShardLoader on host 0 of ``hosts`` over ``images`` 224 px JPEGs (after one warm-up batch)."""
-    import resource
-
     from clip_core.config import CLIPConfig
     from clip_core.shards import list_shards
     from clip_flax.data import ShardLoader, make_processor
@@ -205,8 +203,15 @@ def input_speed(
         "local_batch": loader.local_batch_size,
         "threads": loader.threads,
         "examples_per_s_per_host": round(n / seconds, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": _peak_rss_mb(),
     }
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss it is not inherited from the parent)."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return round(kb / 1024, 1)
 
 
 def _load() -> str:
