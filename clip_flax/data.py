@@ -19,6 +19,12 @@ batches an uninterrupted run sees, with no loader state to save. An image that f
 load time is reported, remembered and replaced by the next loadable example of the epoch's order
 (deterministic, because the failure is). Each process of a multi-host run loads only its own
 contiguous share of every global batch.
+
+For data larger than a host wants to index: ``ShardLoader`` streams webdataset shards
+(clip_core.shards), each host reading only its own shards through its own streams (``iter_stream``:
+a per-epoch shuffled shard order, shuffled in blocks), decoding on a thread pool ahead of the step,
+with every batch carrying the stream positions to save in a checkpoint and resume from exactly.
+``ShardSamples`` holds a few shards in memory as a held-out set.
 """
 
 from __future__ import annotations

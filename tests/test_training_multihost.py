@@ -7,7 +7,7 @@ killed at the end, also on failure. One module-scoped fixture runs, at the same 
 - the reference: 1 process x 4 devices, 6 steps, export;
 - 2 processes x 2 devices, each step in 2 micro-batches (the gradient cache), checkpoints every 3
   steps, SIGKILLed as soon as host 0 prints that the step-3 checkpoint is saved; then resumed
-  (--resume) to step 6 and exported.
+  (--resume) to step 6 and exported, with the coordinator given in JAX_COORDINATOR_ADDRESS.
 The 2-process losses, the resume point and the exported weights must match the reference. Two short
 runs check that the hosts fail together, with the error of the host at fault, never hang: one host
 seeing different files (stopped at start-up), one host whose stream has no usable sample (stopped
@@ -54,7 +54,8 @@ class Processes:
     def __init__(self, tmp) -> None:
         self.tmp, self.procs = tmp, []
 
-    def launch(self, name, argv_per_process, devices: int) -> list[subprocess.Popen]:
+    def launch(self, name, argv_per_process, devices: int, coordinator_env=False) -> list[subprocess.Popen]:
+        """``coordinator_env``: the coordinator from JAX_COORDINATOR_ADDRESS instead of --coordinator."""
         env = {
             **os.environ,
             "JAX_PLATFORMS": "cpu",
@@ -64,7 +65,12 @@ class Processes:
         n = len(argv_per_process)
         distributed = []
         if n > 1:
-            distributed = ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", str(n)]
+            address = f"127.0.0.1:{free_port()}"
+            distributed = ["--num-processes", str(n)]
+            if coordinator_env:
+                env["JAX_COORDINATOR_ADDRESS"] = address
+            else:
+                distributed += ["--coordinator", address]
         started = []
         for i, argv in enumerate(argv_per_process):
             out = open(self.tmp / f"{name}-{i}.out", "w")  # noqa: SIM115 (closed with the process)
@@ -167,6 +173,7 @@ def runs(setup):
             [[*two, "--resume", "--export", str(tmp / "out"), "--metrics-file", str(tmp / "resumed.jsonl")]]
             * 2,
             2,
+            coordinator_env=True,
         )
         resumed_codes = procs.wait(resumed)
         assert resumed_codes == [0, 0], procs.logs(resumed)
