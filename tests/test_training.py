@@ -550,3 +550,16 @@ def test_cli_rejects_bad_distributed_flags(capsys):
     assert (
         e.value.code == 2 and "--local-device-ids must be comma-separated integers" in capsys.readouterr().err
     )
+
+
+def test_shard_samples_hold_a_held_out_set(shard_files):
+    held = D.ShardSamples(shard_files[:2])
+    assert len(held) == 10 and held.label(3) == -1 and held.class_names == []
+    image, caption = held.load(7)
+    assert (
+        caption == held.caption(7) == "a picture number 7" and image.mode == "RGB" and image.size == (20, 16)
+    )
+    assert held.describe(7).endswith("s-001.tar:001/000007")
+    processor = D.make_processor(micro_config())
+    arrays = D.encode_eval_set(held, np.arange(len(held)), processor, 8)
+    assert arrays["pixel_values"].shape == (10, 3, 16, 16) and arrays["captions"][7] == "a picture number 7"
