@@ -134,16 +134,18 @@ def _eval_parser() -> argparse.ArgumentParser:
     rt.add_argument(
         "--captions", help="CSV/JSONL of image,caption (several rows or a list for several captions)"
     )
-    rt.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10])
+    rt.add_argument(
+        "--recall-k", type=int, nargs="+", default=[1, 5, 10], help="k of recall@k (default 1 5 10)"
+    )
     rt.add_argument("--plot", help="PNG of the similarity grid of the first --plot-count images and captions")
     for sub in (zs, rt):
         sub.add_argument(
             "--embeddings", help="clip-embed output folder to reuse (img_emb/, text_emb/, metadata/)"
         )
-        sub.add_argument("--batch-size", type=int, default=64)
+        sub.add_argument("--batch-size", type=int, default=64, help="images per encoder call")
         sub.add_argument("--dataset", help="dataset name for the result (default: from the folder / file)")
         sub.add_argument("-o", "--output", help="write the JSON result here")
-        sub.add_argument("--plot-count", type=int, default=4)
+        sub.add_argument("--plot-count", type=int, default=4, help="images in the --plot picture")
     return parser
 
 
@@ -298,7 +300,7 @@ def explain_main(argv: list[str] | None = None) -> int:
             title = None
         shown = plots.processed_image(pixels[0], explainer.image_processor)
         plots.plot_heatmaps(
-            shown, maps, labels, args.output, scores=scores, alpha=args.alpha, label=label, title=title
+            shown, maps, labels, args.output, scores, args.alpha, label, title, scale=args.scale
         )
         if args.json:
             _write_json(

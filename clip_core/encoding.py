@@ -60,14 +60,24 @@ def encode_texts(
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts:
         raise ValueError("no texts to encode")
-    limit, out = max_text_length(encoder), []
-    bar = progress_bar(len(texts), progress, desc, "text")
+    limit = max_text_length(encoder)
+    return _in_batches(
+        texts,
+        batch_size,
+        lambda batch: encoder.encode_texts(*tokenize_texts(tokenizer, batch, limit)),
+        progress_bar(len(texts), progress, desc, "text"),
+    )
+
+
+def _in_batches(items: list, batch_size: int, encode, bar) -> np.ndarray:
+    """``encode`` over consecutive batches of ``items``, concatenated as float32; the bar advanced."""
+    out = []
     try:
-        for start in range(0, len(texts), batch_size):
-            ids, mask = tokenize_texts(tokenizer, texts[start : start + batch_size], limit)
-            out.append(encoder.encode_texts(ids, mask))
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            out.append(encode(batch))
             if bar is not None:
-                bar.update(len(ids))
+                bar.update(len(batch))
     finally:
         if bar is not None:
             bar.close()
@@ -109,18 +119,12 @@ def encode_images(
     from clip_core.image_inputs import make_image_list
 
     images = make_image_list(images)  # one image, a list, or a 4-D batch array
-    out = []
-    bar = progress_bar(len(images), progress, desc, "img")
-    try:
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
-            out.append(encoder.encode_images(pixel_values(image_processor, batch)))
-            if bar is not None:
-                bar.update(len(batch))
-    finally:
-        if bar is not None:
-            bar.close()
-    return np.concatenate(out).astype(np.float32, copy=False)
+    return _in_batches(
+        images,
+        batch_size,
+        lambda batch: encoder.encode_images(pixel_values(image_processor, batch)),
+        progress_bar(len(images), progress, desc, "img"),
+    )
 
 
 __all__ = ["encode_images", "encode_texts", "open_image", "pixel_values", "progress_bar", "tokenize_texts"]

@@ -9,7 +9,7 @@ from clip_core.config import CLIPConfig
 from clip_core.image_processing import CLIPImageProcessor
 from clip_core.processing import CLIPProcessor
 from clip_core.tokenization_fast import CLIPTokenizerFast
-from clip_core.weights import save_state_dict
+from clip_core.weights import random_state, save_state_dict
 from clip_flax.data import SyntheticShapes
 
 SHAPES_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "shapes-clip")
@@ -32,12 +32,7 @@ def examples_of(class_name: str, count: int, seed: int = EVAL_SEED, size: int = 
 def random_clip_folder(path, config_dict: dict, seed: int = 0) -> str:
     """A random CLIP of ``config_dict`` saved with the bundled tokenizer and a sized image processor."""
     config = CLIPConfig.from_dict(config_dict)
-    rng = np.random.default_rng(seed)
-    from clip_core.names import canonical_shapes
-
-    state = {k: rng.normal(0, 0.2, s).astype(np.float32) for k, s in canonical_shapes(config).items()}
-    state["logit_scale"] = np.asarray(2.0, np.float32)
-    save_state_dict(state, path)
+    save_state_dict(random_state(config, seed=seed), path)
     config.save_pretrained(path)
     size = config.vision_config.image_size
     processor = CLIPProcessor(

@@ -19,9 +19,8 @@ from clip_core.explain import (
     token_maps,
     upsample,
 )
-from clip_core.names import canonical_shapes
 from clip_core.processing import CLIPProcessor
-from clip_core.weights import save_state_dict
+from clip_core.weights import random_state, save_state_dict
 from tests.shapes_model import SHAPES_MODEL, examples_of, fresh_shapes
 from tests.tiny_configs import CONFIGS, assert_close, padded_texts
 
@@ -31,11 +30,8 @@ BACKENDS = ("torch", "tf", "flax")
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def tiny(request, tmp_path_factory):
     config = CLIPConfig.from_dict(CONFIGS[request.param])
-    rng = np.random.default_rng(0)
-    state = {k: rng.normal(0, 0.2, s).astype(np.float32) for k, s in canonical_shapes(config).items()}
-    state["logit_scale"] = np.asarray(2.0, np.float32)
     path = tmp_path_factory.mktemp(request.param)
-    save_state_dict(state, path)
+    save_state_dict(random_state(config, seed=3), path)
     config.save_pretrained(path)
     ids, mask = padded_texts(config.text_config)
     size = config.vision_config.image_size
@@ -191,15 +187,15 @@ def chefer_on_transformers(folder, pixels, ids, mask):
         return r.detach()
 
     image = propagate(vision_attn)[:, 0, 1:]
-    eos = torch.from_numpy(np.argmax(ids == model.config.text_config.eos_token_id, axis=1))
+    text_config = model.config.text_config
+    pooled = ids if text_config.eos_token_id == 2 else ids == text_config.eos_token_id  # legacy: argmax(ids)
+    eos = torch.from_numpy(np.argmax(pooled, axis=1))
     text = propagate(text_attn)[torch.arange(len(ids)), eos]
     return image.numpy(), text.numpy()
 
 
 def test_relevance_equals_a_separate_implementation_on_transformers(tiny):
     folder, config, ids, mask, pixels = tiny
-    if config.text_config.uses_legacy_eos_pooling:
-        pytest.skip("the reference above pools at eos_token_id")
     from clip_torch import CLIPModel
     from clip_torch.explain import relevance_maps
 

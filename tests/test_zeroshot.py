@@ -270,3 +270,32 @@ def test_readme_block_runs():
     shapes, top = scope["shapes"], scope["top"]
     assert [row[0] for row in top.labels] == [shapes.class_names[shapes.label(i)] for i in range(6)]
     assert top.top(0)[0][0] == "blue cross" and scope["maps"].maps.shape == (2, 2, 8, 8)
+
+
+def test_clip_eval_retrieval_with_captions(shape_files, tmp_path, capsys):
+    """Two captions per image (a JSONL "captions" list): the command's numbers are the metrics of the
+    encoder's embeddings with each caption owned by its image."""
+    from clip_core.encoding import encode_images, encode_texts
+    from clip_core.metrics import retrieval_metrics
+
+    rows = [line.split(",") for line in (shape_files / "labels.csv").read_text().splitlines()[1:25]]
+    captions = [[f"a {label}", f"a drawing of a {label}."] for _, label in rows]
+    with open(tmp_path / "caps.jsonl", "w") as f:
+        for (image, _), texts in zip(rows, captions):
+            f.write(json.dumps({"image": image, "captions": texts}) + "\n")
+    out, plot = tmp_path / "r.json", tmp_path / "grid.png"
+    argv = ["retrieval", SHAPES_MODEL, "--images", str(shape_files / "by_class"), "--captions"]
+    assert (
+        eval_main([*argv, str(tmp_path / "caps.jsonl"), "-o", str(out), "--plot", str(plot), "--quiet"]) == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["num_images"] == 24 and result["num_texts"] == 48 and result["dataset"] == "caps"
+    encoder, processor = load_encoder(SHAPES_MODEL, "torch"), CLIPProcessor.from_pretrained(SHAPES_MODEL)
+    images = encode_images(
+        encoder, processor.image_processor, [str(shape_files / "by_class" / r[0]) for r in rows]
+    )
+    texts = encode_texts(encoder, processor.tokenizer, [t for pair in captions for t in pair])
+    expected = retrieval_metrics(images, texts, np.repeat(np.arange(24), 2), ks=(1, 5, 10))
+    assert result["metrics"] == pytest.approx(expected, abs=1e-6)
+    assert result["metrics"]["text_retrieval_recall@5"] > 0.5  # a trained model, not chance
+    assert plot.stat().st_size > 10_000 and "wrote" in capsys.readouterr().out

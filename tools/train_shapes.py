@@ -94,30 +94,16 @@ def small_vocabulary(words) -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 
 def shapes_config(vocab_size: int):
-    from clip_core.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+    """clip_flax.training's tiny config with our vocabulary, 64x64 images (an 8x8 patch grid) and a
+    third vision layer."""
+    from clip_core.config import CLIPConfig
+    from clip_flax.training import tiny_config
 
-    text = CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=256,
-        projection_dim=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=16,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=256,
-        projection_dim=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        image_size=64,
-        patch_size=8,
-    )
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
+    config = tiny_config().to_dict()
+    specials = dict(bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+    config["text_config"].update(vocab_size=vocab_size, **specials)
+    config["vision_config"].update(image_size=64, num_hidden_layers=3)
+    return CLIPConfig.from_dict(config)
 
 
 class CaptionedShapes:
