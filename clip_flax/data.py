@@ -10,6 +10,7 @@ and ``ds.class_names`` (for zero-shot evaluation; empty when there are no classe
   file) are reported in ``ds.problems`` and through ``logging`` and left out, never used silently.
 - ``SyntheticShapes(n, image_size, seed)`` draws coloured shapes on noisy backgrounds with captions
   such as "a red circle"; its classes are all colour-shape pairs, so it needs no download.
+  ``ds.mask(i)`` gives the pixels example i's shape covers (for checking where a model looks).
 
 ``BatchLoader`` turns a dataset and a list of example indices into batches of numpy arrays
 (``input_ids``, ``attention_mask``, ``pixel_values``) through the processor. The order is a pure
@@ -256,30 +257,46 @@ class SyntheticShapes(_Reporting):
     def load(self, i: int):
         return self.draw(i), self.caption(i)
 
-    def draw(self, i: int) -> np.ndarray:
+    def _layout(self, i: int):
+        """(rng, background, fill, shape, box) of example i; the rng goes on to draw the noise."""
         colour_name, shape = self.class_names[self.labels[i]].split(" ")
         rng = np.random.default_rng([self.seed, i])
         s = self.image_size
         background = rng.integers(0, 90, 3) + rng.integers(0, 2) * 150  # dark or light
-        im = Image.new("RGB", (s, s), tuple(int(v) for v in background))
         colour = np.clip(np.array(COLOURS[colour_name]) + rng.integers(-25, 26, 3), 0, 255)
-        fill = tuple(int(v) for v in colour)
         size = rng.uniform(0.35, 0.7) * s
         cx, cy = rng.uniform(size / 2, s - size / 2, 2)
-        x0, y0, x1, y1 = cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2
-        draw = ImageDraw.Draw(im)
-        if shape == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill)
-        elif shape == "square":
-            draw.rectangle((x0, y0, x1, y1), fill=fill)
-        elif shape == "triangle":
-            draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
-        else:  # cross
-            w = size / 6
-            draw.rectangle((cx - w, y0, cx + w, y1), fill=fill)
-            draw.rectangle((x0, cy - w, x1, cy + w), fill=fill)
+        return rng, tuple(int(v) for v in background), tuple(int(v) for v in colour), shape, (cx, cy, size)
+
+    def draw(self, i: int) -> np.ndarray:
+        rng, background, fill, shape, box = self._layout(i)
+        s = self.image_size
+        im = Image.new("RGB", (s, s), background)
+        _draw_shape(ImageDraw.Draw(im), shape, box, fill)
         pixels = np.asarray(im, np.int16) + rng.integers(-12, 13, (s, s, 3))
         return np.clip(pixels, 0, 255).astype(np.uint8)
+
+    def mask(self, i: int) -> np.ndarray:
+        """(image_size, image_size) bool: the pixels example i's shape covers (as ``draw`` paints them)."""
+        _, _, _, shape, box = self._layout(i)
+        im = Image.new("L", (self.image_size,) * 2, 0)
+        _draw_shape(ImageDraw.Draw(im), shape, box, 255)
+        return np.asarray(im) > 0
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box, fill) -> None:
+    cx, cy, size = box
+    x0, y0, x1, y1 = cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2
+    if shape == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif shape == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
+    else:  # cross
+        w = size / 6
+        draw.rectangle((cx - w, y0, cx + w, y1), fill=fill)
+        draw.rectangle((x0, cy - w, x1, cy + w), fill=fill)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from clip_core.encoder import dtype_name, l2_normalize
+from clip_core.encoder import check_patch_path, checked_pixels, checked_tokens, dtype_name, l2_normalize
 from clip_torch.modeling import CLIPModel
 
 
@@ -42,3 +42,38 @@ class TorchEncoder:
         ids = torch.from_numpy(np.asarray(input_ids, np.int64))
         mask = None if attention_mask is None else torch.from_numpy(np.asarray(attention_mask, np.int64))
         return l2_normalize(self.model.get_text_features(input_ids=ids, attention_mask=mask).float().numpy())
+
+    @torch.inference_mode()
+    def encode_image_patches(self, pixel_values: np.ndarray, path: str = "values") -> np.ndarray:
+        """(B, grid_h * grid_w, projection_dim), unit rows: the last layer's patch ``"tokens"`` or its
+        value path (``"values"``, MaskCLIP), through post_layernorm and the projection (clip_core.encoder)."""
+        pixels = torch.from_numpy(checked_pixels(self.config, pixel_values)).to(self.dtype)
+        vision = self.model.vision_model
+        if check_patch_path(path) == "tokens":
+            states = vision(pixels).last_hidden_state
+        else:
+            last = vision.encoder.layers[-1]
+            x = vision(pixels, output_hidden_states=True).hidden_states[-2]  # the last layer's input
+            states = last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(x)))
+        patches = vision.post_layernorm(states[:, 1:])  # class token dropped
+        return l2_normalize(self.model.visual_projection(patches).float().numpy())
+
+    @torch.inference_mode()
+    def encode_text_tokens(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(B, T, projection_dim): every token's final_layer_norm state through text_projection."""
+        ids, mask = (
+            torch.from_numpy(x.astype(np.int64))
+            for x in checked_tokens(self.config, input_ids, attention_mask)
+        )
+        states = self.model.text_model(ids, mask).last_hidden_state  # after final_layer_norm
+        return l2_normalize(self.model.text_projection(states).float().numpy())
+
+    def relevance_maps(
+        self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Chefer et al. relevance of (image b, text b): clip_torch.explain.relevance_maps (PyTorch only)."""
+        from clip_torch.explain import relevance_maps
+
+        return relevance_maps(self.model, pixel_values, input_ids, attention_mask)
