@@ -45,7 +45,7 @@ def _text_spec():
 
 
 def _image_spec(config):
-    vision = config.vision_config
+    vision = getattr(config, "vision_config", config)  # a CLIPConfig or a tower's CLIPVisionConfig
     shape = [None, vision.num_channels, vision.image_size, vision.image_size]
     return (tf.TensorSpec(shape, tf.float32, name="pixel_values"),)
 
