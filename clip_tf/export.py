@@ -54,15 +54,17 @@ def serving_functions(model, towers=("text", "vision", "full"), hidden_states: b
     """{signature name: tf.function with an input signature} for ``towers`` of a TFCLIPModel."""
     functions = {}
 
+    def outputs(out, projection, name):  # a tower's flat float32 outputs
+        result = {name: apply_dense(projection, out.pooler_output)}
+        if hidden_states:
+            result["last_hidden_state"] = out.last_hidden_state
+        return {k: tf.cast(v, tf.float32) for k, v in result.items()}
+
     if "text" in towers:
 
         @tf.function(input_signature=_text_spec())
         def get_text_features(input_ids, attention_mask):
-            out = model.text_model(input_ids, attention_mask)
-            result = {"text_embeds": apply_dense(model.text_projection, out.pooler_output)}
-            if hidden_states:
-                result["last_hidden_state"] = out.last_hidden_state
-            return {k: tf.cast(v, tf.float32) for k, v in result.items()}
+            return outputs(model.text_model(input_ids, attention_mask), model.text_projection, "text_embeds")
 
         functions[SIGNATURES["text"]] = get_text_features
 
@@ -70,11 +72,7 @@ def serving_functions(model, towers=("text", "vision", "full"), hidden_states: b
 
         @tf.function(input_signature=_image_spec(model.config))
         def get_image_features(pixel_values):
-            out = model.vision_model(pixel_values)
-            result = {"image_embeds": apply_dense(model.visual_projection, out.pooler_output)}
-            if hidden_states:
-                result["last_hidden_state"] = out.last_hidden_state
-            return {k: tf.cast(v, tf.float32) for k, v in result.items()}
+            return outputs(model.vision_model(pixel_values), model.visual_projection, "image_embeds")
 
         functions[SIGNATURES["vision"]] = get_image_features
 
