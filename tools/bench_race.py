@@ -7,8 +7,8 @@ processes hits all alike), each checked to give the torch eager features within 
 
 - torch eager (``get_*_features`` under inference_mode: what TorchEncoder ran before);
 - torch eager with oneDNN linears (clip_torch.fast: what TorchEncoder runs now);
-- torch ``jit.trace`` + ``jit.freeze`` + ``optimize_for_inference`` (folds the weights, and hands
-  Linear / conv to oneDNN instead of MKL's sgemm, which is slow on AMD CPUs);
+- torch ``jit.trace`` + ``jit.freeze`` + ``optimize_for_inference`` (folds the weights; tried as a
+  way to oneDNN, but it leaves these Linear layers on MKL: no faster, kept as a measured attempt);
 - torch ``torch.compile`` (inductor, weights frozen; only with ``--compile``: minutes to compile);
 - TF ``tf.function`` and ``tf.function(jit_compile=True)`` (XLA);
 - Flax ``jax.jit``;
@@ -70,7 +70,10 @@ def _torch_paths(ctx, compile_inductor: bool) -> dict:
         text = torch.jit.trace(TextFeatures(model).eval(), (ids, mask), check_trace=False)
         vision = torch.jit.optimize_for_inference(torch.jit.freeze(vision))
         text = torch.jit.optimize_for_inference(torch.jit.freeze(text))
-    paths["torch jit.freeze (oneDNN)"] = (no_grad(lambda: vision(pixels)), no_grad(lambda: text(ids, mask)))
+    paths["torch jit.trace + freeze + optimize_for_inference"] = (
+        no_grad(lambda: vision(pixels)),
+        no_grad(lambda: text(ids, mask)),
+    )
     if compile_inductor:
         import torch._inductor.config as inductor_config
 
