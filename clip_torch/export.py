@@ -16,6 +16,7 @@ Python:
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import warnings
 
@@ -155,7 +156,11 @@ def quantize_int8(source: str, target: str) -> None:
         raise ImportError(
             f"int8 quantisation needs {e.name or e}; install it with: pip install 'clip-multibackend[onnx]'"
         ) from None
-    quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    logging.disable(logging.WARNING)  # its advice to pre-process the graph first, on the root logger
+    try:
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def export(model: CLIPModel, folder: str, options: ExportOptions) -> dict[str, str]:
