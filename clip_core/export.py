@@ -191,6 +191,26 @@ def check_batches(probe: Probe, config, towers: Sequence[str], chunk: int = 16) 
 # Comparing an export with its source
 
 
+FULL_OUTPUTS = ("logits_per_image", "logits_per_text", "text_embeds", "image_embeds")
+
+
+def source_outputs(model, tower: str, inputs: dict, hidden_states: bool = False) -> dict:
+    """What a CLIPModel gives for ``inputs`` (its framework's tensors) through its public methods:
+    the reference an export of ``tower`` is checked against (torch and TF spell them alike)."""
+    if tower == "full":
+        out = model(**inputs)
+        return {name: getattr(out, name) for name in FULL_OUTPUTS}
+    if tower == "text":
+        out = {"text_embeds": model.get_text_features(**inputs)}
+        if hidden_states:
+            out["last_hidden_state"] = model.text_model(**inputs).last_hidden_state
+    else:
+        out = {"image_embeds": model.get_image_features(**inputs)}
+        if hidden_states:
+            out["last_hidden_state"] = model.vision_model(**inputs).last_hidden_state
+    return out
+
+
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine of each row (sample) of a and b, flattened past the first axis."""
     a = np.asarray(a, np.float64).reshape(len(a), -1)

@@ -32,13 +32,12 @@ from jax import export as jax_export
 
 import clip_core.export as core_export
 from clip_core.encoder import dtype_name
-from clip_core.export import ExportOptions
+from clip_core.export import FULL_OUTPUTS, ExportOptions
 from clip_core.files import atomic_write_bytes
 from clip_flax.modeling import FlaxCLIPModel, FlaxCLIPModule
 
 FILES = {"text": "text.jax", "vision": "vision.jax", "full": "full.jax"}
 PARAMS_FILE = "params.npz"
-FULL_OUTPUTS = ("logits_per_image", "logits_per_text", "text_embeds", "image_embeds")
 
 
 def flat_params(params) -> dict[str, np.ndarray]:

@@ -81,8 +81,7 @@ def serving_functions(model, towers=("text", "vision", "full"), hidden_states: b
         @tf.function(input_signature=_text_spec() + _image_spec(model.config))
         def serving_default(input_ids, attention_mask, pixel_values):
             out = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values)
-            names = ("logits_per_image", "logits_per_text", "text_embeds", "image_embeds")
-            return {name: tf.cast(getattr(out, name), tf.float32) for name in names}
+            return {name: tf.cast(getattr(out, name), tf.float32) for name in core_export.FULL_OUTPUTS}
 
         functions[SIGNATURES["full"]] = serving_default
     return functions
@@ -181,18 +180,7 @@ def save_tflite(model, path: str, tower: str, options: ExportOptions) -> str:
 def features(model: TFCLIPModel, tower: str, batch: dict, options: ExportOptions) -> dict[str, np.ndarray]:
     """What the source model gives for ``batch`` through its public methods (the check's reference)."""
     inputs = {k: tf.constant(v) for k, v in batch.items()}
-    if tower == "full":
-        out = model(**inputs)
-        names = ("logits_per_image", "logits_per_text", "text_embeds", "image_embeds")
-        return {name: getattr(out, name).numpy() for name in names}
-    if tower == "text":
-        out = {"text_embeds": model.get_text_features(**inputs)}
-        if options.hidden_states:
-            out["last_hidden_state"] = model.text_model(**inputs).last_hidden_state
-    else:
-        out = {"image_embeds": model.get_image_features(**inputs)}
-        if options.hidden_states:
-            out["last_hidden_state"] = model.vision_model(**inputs).last_hidden_state
+    out = core_export.source_outputs(model, tower, inputs, options.hidden_states)
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 

@@ -80,7 +80,7 @@ class FullModel(nn.Module):
 
 def output_names(tower: str, hidden_states: bool) -> list[str]:
     if tower == "full":
-        return ["logits_per_image", "logits_per_text", "text_embeds", "image_embeds"]
+        return list(core_export.FULL_OUTPUTS)
     names = ["text_embeds" if tower == "text" else "image_embeds"]
     return names + (["last_hidden_state"] if hidden_states else [])
 
@@ -187,17 +187,7 @@ def export(model: CLIPModel, folder: str, options: ExportOptions) -> dict[str, s
 def features(model: CLIPModel, tower: str, batch: dict, options: ExportOptions) -> dict[str, np.ndarray]:
     """What the source model gives for ``batch`` through its public methods (the check's reference)."""
     inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
-    if tower == "full":
-        out = model(**inputs)
-        return {name: getattr(out, name).float().numpy() for name in output_names("full", False)}
-    if tower == "text":
-        out = {"text_embeds": model.get_text_features(**inputs)}
-        if options.hidden_states:
-            out["last_hidden_state"] = model.text_model(**inputs).last_hidden_state
-    else:
-        out = {"image_embeds": model.get_image_features(**inputs)}
-        if options.hidden_states:
-            out["last_hidden_state"] = model.vision_model(**inputs).last_hidden_state
+    out = core_export.source_outputs(model, tower, inputs, options.hidden_states)
     return {k: v.float().numpy() for k, v in out.items()}
 
 
