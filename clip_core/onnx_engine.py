@@ -19,7 +19,7 @@ import tempfile
 import numpy as np
 
 from clip_core.config import CLIPConfig
-from clip_core.encoder import l2_normalize
+from clip_core.encoder import dtype_name, l2_normalize
 from clip_core.export import MANIFEST, export, read_manifest
 
 FILES = {"text": "text.onnx", "vision": "vision.onnx", "full": "full.onnx"}
@@ -129,6 +129,9 @@ class OnnxEncoder:
     @classmethod
     def from_pretrained(cls, path, dtype=None) -> OnnxEncoder:
         if os.path.isfile(os.path.join(os.fspath(path), MANIFEST)):
+            exported = read_manifest(path, "onnx")
+            if dtype is not None and dtype_name(dtype) != dtype_name(exported["dtype"]):
+                raise ValueError(f"{path} was exported in {exported['dtype']}, not {dtype}: export it again")
             return cls(OnnxCLIP(path, towers=["text", "vision"]))
         return cls(_exported(path, dtype))
 
