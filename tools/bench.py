@@ -1,10 +1,14 @@
 """Side-by-side speed of our backends and transformers', on the same weights, inputs and machine.
 
-    python -m tools.bench [--quick] [--only torch,tf] [--out bench.json]     (from the repo root)
+    python -m tools.bench [--quick] [--only torch,tf,race] [--compile] [--out bench.json]   (repo root)
 
 Every section builds its model from the same random ViT-B/32-shaped weights (fixed seed), times a
 warm-up and then the median of several runs, and reports ours and theirs from the same run as a
-ratio. The fp32 matmul figure measured first tells how far each number is from the machine's limit.
+ratio. The fp32 matmul rate measured first with every framework installed (numpy, torch, TF, XLA,
+jax, ONNX Runtime; the highest is the machine's ceiling) tells how far each number is from the
+machine's limit ("of peak"); the "race" section (tools/bench_race.py) puts every backend's CPU
+paths against ONNX Runtime. The load average before and after goes into the JSON: on a shared
+machine, rerun when it is quiet.
 """
 
 from __future__ import annotations
