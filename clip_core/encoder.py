@@ -44,6 +44,7 @@ BACKENDS = {
     "torch": ("clip_torch.encoder", "TorchEncoder", "torch"),
     "tf": ("clip_tf.encoder", "TFEncoder", "tf"),
     "flax": ("clip_flax.encoder", "FlaxEncoder", "flax"),
+    "onnx": ("clip_core.onnx_engine", "OnnxEncoder", "onnx"),  # an ONNX export run by ONNX Runtime
 }
 
 

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from clip_core.probe import COLOURS, SHAPES  # one palette: clip-export probes what this trains on
+
 logger = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("image", "image_path", "file_name", "filename", "file", "path")
@@ -208,16 +210,6 @@ class CaptionDataset(_Reporting):
 
 # -------------------------------------------------------------------------------------------------
 # Synthetic shapes
-
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 40),
-    "blue": (30, 60, 220),
-    "yellow": (235, 215, 30),
-    "purple": (140, 40, 180),
-    "orange": (245, 130, 20),
-}
-SHAPES = ("circle", "square", "triangle", "cross")
 
 
 class SyntheticShapes(_Reporting):
