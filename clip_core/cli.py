@@ -332,6 +332,7 @@ def explain_main(argv: list[str] | None = None) -> int:
     for text, score, m in zip(labels, scores, maps):
         print(f"{text.ljust(width)}  {float(score):+.4f}  {peak(m)}")
     print(f"wrote {args.output}")
+    return 0
 
 
 EXPORT_DESCRIPTION = """clip-export: export a CLIP model for deployment, checked against the source on the spot.
