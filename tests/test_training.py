@@ -26,15 +26,15 @@ import jax.numpy as jnp  # noqa: E402
 from clip_flax import FlaxCLIPModel  # noqa: E402
 from clip_flax import data as D  # noqa: E402
 from clip_flax import training as T  # noqa: E402
-from tests.training_sharded_step import micro_config, random_batch  # noqa: E402
+from tests.tiny_configs import clip_batch, clip_config  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
 def _model(params=None):
-    model = FlaxCLIPModel(micro_config(), _do_init=False)
-    model.params = T.init_params(micro_config(), seed=0) if params is None else params
+    model = FlaxCLIPModel(clip_config("micro"), _do_init=False)
+    model.params = T.init_params(clip_config("micro"), seed=0) if params is None else params
     return model
 
 
@@ -45,7 +45,7 @@ def micro_model():
 
 @pytest.fixture(scope="module")
 def batch():
-    return random_batch(micro_config(), 16, seed=1)
+    return clip_batch(clip_config("micro"), 16, seed=1)
 
 
 def _one_step(model, batch, **cfg):
@@ -223,7 +223,7 @@ def test_loader_replaces_images_that_fail_to_decode(tmp_path):
         "".join(json.dumps({"image": n, "caption": f"picture {i}"}) + "\n" for i, n in enumerate(names))
     )
     ds = D.CaptionDataset(str(tmp_path), str(tmp_path / "caps.jsonl"), verify_images=False)
-    processor = D.make_processor(micro_config())
+    processor = D.make_processor(clip_config("micro"))
     loader = D.BatchLoader(ds, np.arange(10), 8, processor, 8, seed=0, prefetch=0)
     # One batch per epoch (10 // 8): take an epoch whose batch includes the broken image.
     step = next(s for s in range(20) if 3 in D.epoch_order(np.arange(10), 0, s)[:8])
@@ -238,7 +238,7 @@ def test_loader_replaces_images_that_fail_to_decode(tmp_path):
 
 def test_shuffle_is_deterministic_per_epoch_and_prefetch_keeps_order():
     ds = D.SyntheticShapes(40, image_size=16, seed=3)
-    processor = D.make_processor(micro_config())
+    processor = D.make_processor(clip_config("micro"))
     indices = np.arange(5, 37)
     make = lambda seed, prefetch: D.BatchLoader(ds, indices, 8, processor, 8, seed=seed, prefetch=prefetch)  # noqa: E731
     a = [b["index"].tolist() for _, b in make(0, 2).iter_from(0, 8)]
@@ -289,7 +289,7 @@ def cli_runs(tmp_path_factory):
     from clip_flax.cli import run
 
     tmp = tmp_path_factory.mktemp("finetune")
-    micro_config().save_pretrained(str(tmp / "cfg"))
+    clip_config("micro").save_pretrained(str(tmp / "cfg"))
     common = ["--config", str(tmp / "cfg"), "--synthetic", "1200", "--eval-fraction", "0.1",
               "--steps", str(STEPS), "--batch-size", "64", "--lr", "3e-3", "--warmup", "5",
               "--eval-every", str(STEPS), "--no-progress", "--log-every", "20",
@@ -313,7 +313,7 @@ def test_resume_reproduces_uninterrupted_losses(cli_runs):
     assert len(set(full["losses"].values())) == STEPS
     assert second["evals"][-1] == full["evals"][-1]
     reloaded = FlaxCLIPModel.from_pretrained(str(cli_runs["tmp"] / "out"))
-    assert reloaded.config == micro_config()
+    assert reloaded.config == clip_config("micro")
 
 
 def test_short_run_from_scratch_beats_chance_zero_shot(cli_runs):
