@@ -26,15 +26,15 @@ import jax.numpy as jnp  # noqa: E402
 from clip_flax import FlaxCLIPModel  # noqa: E402
 from clip_flax import data as D  # noqa: E402
 from clip_flax import training as T  # noqa: E402
-from tests.training_sharded_step import micro_config, random_batch  # noqa: E402
+from tests.tiny_configs import clip_batch, clip_config  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
 def _model(params=None):
-    model = FlaxCLIPModel(micro_config(), _do_init=False)
-    model.params = T.init_params(micro_config(), seed=0) if params is None else params
+    model = FlaxCLIPModel(clip_config("micro"), _do_init=False)
+    model.params = T.init_params(clip_config("micro"), seed=0) if params is None else params
     return model
 
 
@@ -45,7 +45,7 @@ def micro_model():
 
 @pytest.fixture(scope="module")
 def batch():
-    return random_batch(micro_config(), 16, seed=1)
+    return clip_batch(clip_config("micro"), 16, seed=1)
 
 
 def _one_step(model, batch, **cfg):
@@ -234,7 +234,7 @@ def test_loader_replaces_images_that_fail_to_decode(tmp_path):
         "".join(json.dumps({"image": n, "caption": f"picture {i}"}) + "\n" for i, n in enumerate(names))
     )
     ds = D.CaptionDataset(str(tmp_path), str(tmp_path / "caps.jsonl"), verify_images=False)
-    processor = D.make_processor(micro_config())
+    processor = D.make_processor(clip_config("micro"))
     loader = D.BatchLoader(ds, np.arange(10), 8, processor, 8, seed=0, prefetch=0)
     # One batch per epoch (10 // 8): take an epoch whose batch includes the broken image.
     step = next(s for s in range(20) if 3 in D.epoch_order(np.arange(10), 0, s)[:8])
@@ -249,7 +249,7 @@ def test_loader_replaces_images_that_fail_to_decode(tmp_path):
 
 def test_shuffle_is_deterministic_per_epoch_and_prefetch_keeps_order():
     ds = D.SyntheticShapes(40, image_size=16, seed=3)
-    processor = D.make_processor(micro_config())
+    processor = D.make_processor(clip_config("micro"))
     indices = np.arange(5, 37)
     make = lambda seed, prefetch: D.BatchLoader(ds, indices, 8, processor, 8, seed=seed, prefetch=prefetch)  # noqa: E731
     a = [b["index"].tolist() for _, b in make(0, 2).iter_from(0, 8)]
@@ -300,7 +300,7 @@ def cli_runs(tmp_path_factory):
     from clip_flax.cli import run
 
     tmp = tmp_path_factory.mktemp("finetune")
-    micro_config().save_pretrained(str(tmp / "cfg"))
+    clip_config("micro").save_pretrained(str(tmp / "cfg"))
     common = ["--config", str(tmp / "cfg"), "--synthetic", "1200", "--eval-fraction", "0.1",
               "--steps", str(STEPS), "--batch-size", "64", "--lr", "3e-3", "--warmup", "5",
               "--eval-every", str(STEPS), "--no-progress", "--log-every", "20",
@@ -324,7 +324,7 @@ def test_resume_reproduces_uninterrupted_losses(cli_runs):
     assert len(set(full["losses"].values())) == STEPS
     assert second["evals"][-1] == full["evals"][-1]
     reloaded = FlaxCLIPModel.from_pretrained(str(cli_runs["tmp"] / "out"))
-    assert reloaded.config == micro_config()
+    assert reloaded.config == clip_config("micro")
 
 
 def test_short_run_from_scratch_beats_chance_zero_shot(cli_runs):
@@ -477,7 +477,7 @@ def test_shard_stream_shuffles_and_visits_every_sample_once_per_epoch(shard_file
 
 
 def test_shard_loader_hosts_read_their_own_shards_and_make_the_same_batches(shard_files):
-    processor = D.make_processor(micro_config())
+    processor = D.make_processor(clip_config("micro"))
     make = lambda **kw: D.ShardLoader(shard_files, 8, processor, 8, num_streams=4, block_size=3, **kw)  # noqa: E731
     one = _batches(make(), 0, 5)
     hosts = [make(process_index=h, process_count=2) for h in range(2)]
@@ -513,7 +513,7 @@ def test_shard_loader_skips_and_replaces_bad_samples(tmp_path):
     samples[1] = ("k1", {"png": _png_bytes(1)})  # no caption: skipped when read
     samples[3] = ("k3", {"png": b"\x89PNG not really", "txt": b"broken"})  # replaced when decoded
     write_shard(str(tmp_path / "s.tar"), samples)
-    processor = D.make_processor(micro_config())
+    processor = D.make_processor(clip_config("micro"))
     runs = []
     for _ in range(2):
         loader = D.ShardLoader([str(tmp_path / "s.tar")], 4, processor, 8, num_streams=1, block_size=1)
@@ -560,6 +560,6 @@ def test_shard_samples_hold_a_held_out_set(shard_files):
         caption == held.caption(7) == "a picture number 7" and image.mode == "RGB" and image.size == (20, 16)
     )
     assert held.describe(7).endswith("s-001.tar:001/000007")
-    processor = D.make_processor(micro_config())
+    processor = D.make_processor(clip_config("micro"))
     arrays = D.encode_eval_set(held, np.arange(len(held)), processor, 8)
     assert arrays["pixel_values"].shape == (10, 3, 16, 16) and arrays["captions"][7] == "a picture number 7"

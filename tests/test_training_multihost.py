@@ -32,7 +32,7 @@ pytest.importorskip("jax")
 pytest.importorskip("orbax.checkpoint")
 
 from tests.test_shards import write_shards  # noqa: E402
-from tests.training_sharded_step import micro_config  # noqa: E402
+from tests.tiny_configs import clip_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, SAVE_AT = 6, 3
@@ -142,7 +142,7 @@ def metrics(path) -> dict[int, float]:
 def setup(tmp_path_factory):
     """The data, the config and the arguments every run here shares (and its compilation cache)."""
     tmp = tmp_path_factory.mktemp("multihost")
-    micro_config().save_pretrained(str(tmp / "cfg"))
+    clip_config("micro").save_pretrained(str(tmp / "cfg"))
     shards = write_shards(str(tmp / "shards"))
     common = ["--config", str(tmp / "cfg"), "--shards", shards, "--data-streams", "4",
               "--shuffle-buffer", "4", "--batch-size", "8", "--steps", str(STEPS), "--lr", "3e-3",
@@ -215,9 +215,11 @@ def test_two_process_export_matches_one_process(runs):
     )
     assert sorted(ref) == sorted(out) and "logit_bias" not in out
     assert max(float(np.max(np.abs(ref[k] - out[k]))) for k in ref) < 1e-5
-    initial = micro_config().logit_scale_init_value
+    initial = clip_config("micro").logit_scale_init_value
     assert abs(float(out["logit_scale"]) - initial) > 1e-3  # trained (from SigLIP's log 10)
-    assert json.load(open(tmp / "out" / "config.json"))["projection_dim"] == micro_config().projection_dim
+    assert (
+        json.load(open(tmp / "out" / "config.json"))["projection_dim"] == clip_config("micro").projection_dim
+    )
 
 
 def test_hosts_seeing_different_files_stop_together(setup, tmp_path):

@@ -36,47 +36,7 @@ from clip_flax.training import (
     sigmoid_loss,
     tiny_config,
 )
-
-MICRO = {
-    "projection_dim": 32,
-    "text_config": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "projection_dim": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "max_position_embeddings": 8,
-    },
-    "vision_config": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "projection_dim": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "image_size": 16,
-        "patch_size": 8,
-    },
-}
-
-
-def micro_config() -> CLIPConfig:
-    return CLIPConfig.from_dict(MICRO)
-
-
-def random_batch(config: CLIPConfig, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Token ids with varied lengths (each ending in <|endoftext|>) and random pixels."""
-    rng = np.random.default_rng(seed)
-    t, v = config.text_config, config.vision_config
-    length = t.max_position_embeddings
-    ids = np.full((batch, length), t.eos_token_id, np.int32)
-    mask = np.zeros((batch, length), np.int32)
-    for i in range(batch):
-        n = int(rng.integers(3, length + 1))
-        ids[i, 0] = t.bos_token_id
-        ids[i, 1 : n - 1] = rng.integers(0, 1000, n - 2)
-        mask[i, :n] = 1
-    pixels = rng.normal(0, 1, (batch, 3, v.image_size, v.image_size)).astype(np.float32)
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+from tests.tiny_configs import clip_batch, clip_config
 
 
 def one_step(model, cfg, mesh, batch, repeats: int = 0):
@@ -141,10 +101,12 @@ def main(argv=None) -> int:
         print(json.dumps({"devices": jax.device_count(), "sigmoid": out}))
         return 0
 
-    config = {"micro": micro_config, "tiny": tiny_config, "vit-b-32": CLIPConfig}[args.config]()
+    config = {"micro": lambda: clip_config("micro"), "tiny": tiny_config, "vit-b-32": CLIPConfig}[
+        args.config
+    ]()
     model = FlaxCLIPModel(config, _do_init=False)
     model.params = init_params(config, seed=0)
-    batch = random_batch(config, args.batch)
+    batch = clip_batch(config, args.batch)
 
     def train_config(accum: int = 1) -> TrainConfig:
         return TrainConfig(learning_rate=1e-3, total_steps=10, weight_decay=0.1, accum_steps=accum)

@@ -75,7 +75,7 @@ def train_speed(
 
     from clip_flax import FlaxCLIPModel
     from clip_flax import training as T
-    from tests.training_sharded_step import random_batch
+    from tests.tiny_configs import clip_batch
 
     config = T.CONFIGS[config_name]()
     model = FlaxCLIPModel(
@@ -85,7 +85,7 @@ def train_speed(
     trainer = T.Trainer(model, T.TrainConfig(learning_rate=1e-4, total_steps=1000, loss=loss))
     state = trainer.init_state()
     rows = batch // jax.process_count()
-    local = {k: v[jax.process_index() * rows :][:rows] for k, v in random_batch(config, batch).items()}
+    local = {k: v[jax.process_index() * rows :][:rows] for k, v in clip_batch(config, batch).items()}
     data = trainer.put_batch(local)
     start = time.perf_counter()
     state, metrics = trainer.step(state, data)
