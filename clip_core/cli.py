@@ -107,8 +107,10 @@ def embed_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="clip-embed", description=EMBED_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("model", help="checkpoint folder or cached Hub id")
-    parser.add_argument("--out", required=True, help="output folder (created; resumed if it exists)")
+    parser.add_argument("model", metavar="MODEL", help="checkpoint folder or cached Hub id")
+    parser.add_argument(
+        "--out", metavar="DIR", required=True, help="output folder (created; resumed if it exists)"
+    )
     parser.add_argument("--images", help="folder, glob, or webdataset .tar shards (brace patterns allowed)")
     parser.add_argument("--texts", help="captions: .txt, .csv, .tsv, .jsonl, .json or .parquet")
     parser.add_argument(
@@ -174,7 +176,7 @@ def index_main(argv: list[str] | None = None) -> int:
         "Exact inner product up to --exact-limit rows, an IVF index beyond (or --index-type hnsw); "
         "recall@k is measured on held-out rows and printed.",
     )
-    parser.add_argument("folder", help="a clip-embed output folder")
+    parser.add_argument("folder", metavar="DIR", help="a clip-embed output folder")
     parser.add_argument(
         "--kind", default=None, choices=["image", "text", "both"], help="default: image if present"
     )
@@ -222,7 +224,7 @@ def search_main(argv: list[str] | None = None) -> int:
         description="clip-search: the rows of a clip-embed folder nearest to a text or an image "
         "(its saved clip-index index, else an exact search), with scores and metadata.",
     )
-    parser.add_argument("folder", help="a clip-embed output folder")
+    parser.add_argument("folder", metavar="DIR", help="a clip-embed output folder")
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help="a text query")
     query.add_argument("--image", help="an image file as the query")

@@ -585,25 +585,18 @@ def model_name(model) -> str:
     return f"<{type(model).__name__} object>"
 
 
-def worker_setup(spec: dict):
-    """(UnitEncoder, encoder) built from a JSON-able spec: what each Ray actor runs."""
-    encoder = load_encoder(spec["model"], spec["backend"], spec["dtype"])
-    image_processor, tokenizer = load_preprocessing(spec["model"], encoder.config)
-    unit_encoder = UnitEncoder(
-        encoder,
-        image_processor,
-        tokenizer,
-        spec["batch_size"],
-        spec["num_workers"],
-        spec["with_images"],
-        spec["with_texts"],
-    )
-    return unit_encoder, encoder
+def unit_encoder_for(encoder, model, spec: dict) -> UnitEncoder:
+    """The UnitEncoder of a run: ``encoder`` with the preprocessing of ``model`` (a folder or Hub id,
+    or None for defaults), settings from ``spec`` (the JSON-able settings a Ray actor receives)."""
+    image_processor, tokenizer = load_preprocessing(model, encoder.config)
+    keys = ("batch_size", "num_workers", "with_images", "with_texts")
+    return UnitEncoder(encoder, image_processor, tokenizer, *(spec[k] for k in keys))
 
 
 def ray_worker(spec: dict):
     """What each Ray actor runs (clip_core.embedding_ray): a unit's JSON -> its UnitResult's bytes."""
-    unit_encoder, _ = worker_setup(spec)
+    encoder = load_encoder(spec["model"], spec["backend"], spec["dtype"])
+    unit_encoder = unit_encoder_for(encoder, spec["model"], spec)
     return lambda text: unit_encoder.encode(Unit.from_json(text)).to_bytes()
 
 
@@ -959,16 +952,7 @@ def embed(
 
 
 def _local_unit_results(units: list[Unit], encoder, model, spec: dict, bar) -> Iterator[UnitResult]:
-    image_processor, tokenizer = load_preprocessing(model, encoder.config)
-    with UnitEncoder(
-        encoder,
-        image_processor,
-        tokenizer,
-        spec["batch_size"],
-        spec["num_workers"],
-        spec["with_images"],
-        spec["with_texts"],
-    ) as unit_encoder:
+    with unit_encoder_for(encoder, model, spec) as unit_encoder:
         for unit in units:
             yield unit_encoder.encode(unit, None if bar is None else bar.update)
 

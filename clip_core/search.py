@@ -312,6 +312,8 @@ class Index:
             vectors = np.asarray(vector, np.float32)
             single = vectors.ndim == 1
             vectors = np.atleast_2d(vectors)
+        if not np.isfinite(vectors).all():
+            raise ValueError("a query's embedding is not finite (the model maps it to a zero vector)")
         if vectors.shape[1] != self.index.d:
             raise ValueError(f"query vectors have {vectors.shape[1]} dims, the index {self.index.d}")
         scores, rows = self.index.search(np.ascontiguousarray(vectors, np.float32), min(k, len(self)))

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 
 import numpy as np
@@ -27,6 +26,7 @@ from clip_core.names import canonical_shapes
 from clip_core.processing import CLIPProcessor
 from clip_core.tokenization_fast import CLIPTokenizerFast
 from clip_core.weights import save_state_dict
+from tests.test_shards import write_shard
 from tests.tiny_configs import CONFIGS, assert_close
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -232,15 +232,6 @@ def test_killed_run_resumes_to_the_files_of_an_uninterrupted_run(data, tmp_path)
             assert a.read() == b.read(), f"{name} differs after resuming"
 
 
-def write_tar(path, samples):
-    with tarfile.open(path, "w") as tar:
-        for key, fields in samples:
-            for extension, payload in fields.items():
-                info = tarfile.TarInfo(f"{key}.{extension}")
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-
-
 def test_webdataset_input(data, tmp_path):
     def read(path):
         with open(path, "rb") as f:
@@ -257,8 +248,8 @@ def test_webdataset_input(data, tmp_path):
         ("s1/nothing", {"txt": b"a caption without an image"}),
         ("s1/002", {"jpg": read(files[6]), "txt": CAPTIONS[6].encode()}),
     ]
-    write_tar(tmp_path / "shard-000.tar", first)
-    write_tar(tmp_path / "shard-001.tar", second)
+    write_shard(tmp_path / "shard-000.tar", first)
+    write_shard(tmp_path / "shard-001.tar", second)
     out = str(tmp_path / "out")
     pattern = str(tmp_path / "shard-{000..001}.tar")
     result = embed(data["model"], pattern, out=out, batch_size=2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -219,3 +220,19 @@ def test_exact_and_approximate_indexes(tmp_path):
         os.replace(os.path.join(out, "index", name), tmp_path / "fewer" / "index" / name)
     with pytest.raises(EmbedError, match="rebuild it with clip-index"):
         Index.load(str(tmp_path / "fewer"))
+
+
+def test_readme_block_runs(colours, monkeypatch):
+    readme = open(
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    ).read()
+    section = readme[readme.index("## Embedding and searching collections") :]
+    (block,) = re.findall(r"```python\n(.*?)```", section[: section.index("\n## ", 1)], flags=re.S)
+    monkeypatch.chdir(colours["root"])
+    os.symlink("images", "photos")
+    block = block.replace('"clip-folder"', repr(colours["model"])).replace("a dog on a beach", "a red square")
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert scope["result"].image_embeddings.shape == (7, HIDDEN)
+    assert os.path.basename(scope["hits"][0].metadata["image_path"]) == "0.png"
+    assert os.path.exists(os.path.join("emb", "index", "image.faiss"))
