@@ -392,7 +392,8 @@ def open_image(source: str | os.PathLike | bytes) -> Image.Image:
 
 class UnitEncoder:
     """Encodes units: images on ``num_workers`` threads a few batches ahead of the encoder, captions
-    sorted by token length into batches padded to their own longest caption.
+    sorted by token length into batches padded to their own longest caption (short captions in
+    batches of up to ``batch_size`` times the context length in tokens: see ``_text_batches``).
 
     ``progress``: a callable taking a number of finished embeddings (a tqdm bar's ``update``).
     """
@@ -484,6 +485,21 @@ class UnitEncoder:
 
     # -- texts -----------------------------------------------------------------------------------
 
+    def _text_batches(self, sorted_lengths: np.ndarray) -> Iterator[slice]:
+        """Slices of the captions sorted by length: ``batch_size`` rows, or ``batch_size`` times a power
+        of two where the captions are short, as long as the batch holds no more tokens than
+        ``batch_size`` captions of the full context would (fewer, larger calls for short captions)."""
+        budget = self.batch_size * self.max_length
+        start, count = 0, len(sorted_lengths)
+        while start < count:
+            rows = self.batch_size
+            while (
+                rows * 2 * sorted_lengths[min(start + rows * 2, count) - 1] <= budget and start + rows < count
+            ):
+                rows *= 2
+            yield slice(start, min(start + rows, count))
+            start += rows
+
     def encode_captions(self, captions: Sequence[str | None], progress=None) -> np.ndarray:
         """(len(captions), dim) float32 in input order; a None caption gives a row of zeros."""
         out = np.zeros((len(captions), self.dim), np.float32)
@@ -495,8 +511,8 @@ class UnitEncoder:
         lengths = np.fromiter((len(x) for x in ids), np.int64, len(ids))
         order = np.argsort(lengths, kind="stable")
         pad = self.tokenizer.pad_token_id
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
+        for rows in self._text_batches(lengths[order]):
+            rows = order[rows]
             width = int(lengths[rows].max())
             batch_ids = np.full((len(rows), width), pad, np.int64)
             mask = np.zeros((len(rows), width), np.int64)
@@ -648,6 +664,7 @@ class FolderSink:
         self.out = os.fspath(out)
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             raise EmbedError(f"--out {self.out!r} is a file, not a folder")
+        self._created = not os.path.exists(self.out)
         os.makedirs(self.out, exist_ok=True)
         self._lock = _lock_folder(self.out)
         self.settings = settings
@@ -756,6 +773,9 @@ class FolderSink:
             self.manifest["complete"] = True
             self._write_manifest()
         self._lock.close()
+        if self._created and not complete and os.listdir(self.out) == [".lock"]:
+            os.remove(os.path.join(self.out, ".lock"))  # a run that failed before writing leaves no folder
+            os.rmdir(self.out)
 
 
 def _metadata_columns(columns: dict[str, list], pa) -> dict:
@@ -887,9 +907,6 @@ def embed(
     is_path = isinstance(model, (str, os.PathLike))
     if engine == "ray" and not is_path:
         raise EmbedError("the ray engine loads the model in each actor: pass a checkpoint folder or Hub id")
-    encoder = None
-    if engine == "local" or not is_path:
-        encoder = load_encoder(model, backend, dtype) if is_path else model
     settings = {
         "model": model_name(model),
         "backend": backend,
@@ -902,20 +919,23 @@ def embed(
     header = {"has_images": collection.has_images, "has_texts": collection.has_texts, "num_shards": None}
     if collection.kind != "webdataset":
         header["num_shards"] = len(collection.units)
+    # The folder is checked (and another run's settings refused) before the model loads.
     sink = MemorySink() if out is None else FolderSink(out, settings, header)
-
     todo = [unit for unit in collection.units if not sink.finished(unit.number)]
     skipped = len(collection.units) - len(todo)
     parts = collection.has_images + collection.has_texts
     total = None if collection.count is None else collection.count * parts
-    bar = _progress_bar(total, quiet, "clip-embed")
-    if bar is not None and total is not None:
-        waiting = {unit.number for unit in todo}
-        done = sum(len(u.rows) for u in collection.units if u.number not in waiting)
-        bar.update(done * parts)
+    bar = None
     complete = False
     written = 0
     try:
+        encoder = model if not is_path else None
+        if is_path and todo and engine == "local":
+            encoder = load_encoder(model, backend, dtype)
+        bar = _progress_bar(total, quiet, "clip-embed")
+        if bar is not None and total is not None:
+            waiting = {unit.number for unit in todo}
+            bar.update(parts * sum(len(u.rows) for u in collection.units if u.number not in waiting))
         worker_spec = {
             "model": model_name(model) if is_path else None,
             "backend": backend,
@@ -932,8 +952,10 @@ def embed(
                 [u.to_json() for u in todo], ray_worker, worker_spec, num_actors, ray_address, quiet
             )
             results = (UnitResult.from_bytes(blob) for blob in blobs)
-        else:
+        elif todo:
             results = _local_unit_results(todo, encoder, model if is_path else None, worker_spec, bar)
+        else:
+            results = iter(())
         errors = 0
         for result in results:
             if bar is not None and engine == "ray":

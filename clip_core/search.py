@@ -71,11 +71,10 @@ class IndexReport:
         )
 
 
-def recall_at_k(approximate, exact, queries: np.ndarray, query_rows: np.ndarray, k: int) -> float:
-    """Share of each query's exact k nearest rows (itself excluded) that ``approximate`` also returns."""
-    k = max(1, k)
-    _, truth = exact.search(queries, k + 1)
-    _, found = approximate.search(queries, k + 1)
+def recall_at_k(found: np.ndarray, truth: np.ndarray, query_rows: np.ndarray, k: int) -> float:
+    """Share of each query's exact k nearest rows (itself excluded) that the approximate search found.
+
+    ``found`` and ``truth``: (queries, >= k + 1) row ids from the approximate and the exact search."""
     hits = total = 0
     for row, true_ids, found_ids in zip(query_rows, truth, found):
         true_set = [i for i in true_ids if i != row and i >= 0][:k]
@@ -116,11 +115,14 @@ def build_index(
 
     rng = np.random.default_rng(seed)
     held_out = np.sort(rng.choice(rows, size=min(recall_queries, rows), replace=False))
-    exact = faiss.IndexFlatIP(dim)
-    exact.add(vectors)
+    queries = vectors[held_out]
+    k = max(1, k)
+    # exact neighbours of the held-out rows, by brute force (no second copy of the vectors)
+    _, truth = faiss.knn(queries, vectors, min(k + 1, rows), faiss.METRIC_INNER_PRODUCT)
     params: dict = {}
     if index_type == "flat":
-        index = exact
+        index = faiss.IndexFlatIP(dim)
+        index.add(vectors)
     elif index_type == "ivf":
         lists = nlist or max(1, min(int(4 * math.sqrt(rows)), rows // 39 or 1))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
@@ -136,8 +138,7 @@ def build_index(
         index.add(vectors)
         params["M"] = hnsw_m
 
-    queries = vectors[held_out]
-    recall = _tune(index, index_type, exact, queries, held_out, k, target_recall, params)
+    recall = _tune(index, index_type, truth, queries, held_out, k, target_recall, params)
     report = IndexReport(kind, index_type, rows, dim, recall, k, len(held_out), params, None)
     if save:
         index_path, info_path = _index_paths(out, kind)
@@ -151,10 +152,14 @@ def build_index(
     return index, report
 
 
-def _tune(index, index_type, exact, queries, rows, k, target, params) -> float:
+def _tune(index, index_type, truth, queries, rows, k, target, params) -> float:
     """Raise the search breadth (nprobe / efSearch) by doubling until recall reaches ``target``."""
+
+    def recall() -> float:
+        return recall_at_k(index.search(queries, truth.shape[1])[1], truth, rows, k)
+
     if index_type == "flat":
-        return recall_at_k(index, exact, queries, rows, k)
+        return recall()
     if index_type == "ivf":
         setting, limit, value = "nprobe", index.nlist, 1
     else:
@@ -164,10 +169,10 @@ def _tune(index, index_type, exact, queries, rows, k, target, params) -> float:
             index.nprobe = value
         else:
             index.hnsw.efSearch = value
-        recall = recall_at_k(index, exact, queries, rows, k)
-        if recall >= target or value >= limit:
+        measured = recall()
+        if measured >= target or value >= limit:
             params[setting] = value
-            return recall
+            return measured
         value = min(limit, value * 2)
 
 

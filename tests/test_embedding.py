@@ -142,6 +142,21 @@ def test_embed_equals_normalised_features(data, reference, backend):
     assert (result.items, result.rows, result.errors) == (12, 9, 3)
 
 
+def test_text_batches_cover_sorted_captions_within_the_token_budget():
+    from types import SimpleNamespace
+
+    from clip_core.embedding import UnitEncoder
+
+    config = SimpleNamespace(projection_dim=4, text_config=SimpleNamespace(max_position_embeddings=77))
+    unit_encoder = UnitEncoder(SimpleNamespace(config=config), None, None, batch_size=32, with_images=False)
+    lengths = np.sort(np.random.default_rng(0).integers(3, 78, 1000))
+    batches = list(unit_encoder._text_batches(lengths))
+    assert [b.start for b in batches] == [0] + [b.stop for b in batches[:-1]] and batches[-1].stop == 1000
+    sizes = [b.stop - b.start for b in batches[:-1]]
+    assert set(sizes) <= {32, 64, 128, 256} and sizes[0] > 32  # short captions in larger batches
+    assert all((b.stop - b.start) * lengths[b.stop - 1] <= 32 * 77 or b.stop - b.start <= 32 for b in batches)
+
+
 def test_output_folder_resume_and_refusals(data, tmp_path):
     out = str(tmp_path / "out")
     first = embed(data["model"], data["images"], data["table"], out, batch_size=3, shard_size=4)
@@ -343,6 +358,7 @@ def test_cli(data, tmp_path, capsys):
         error = capsys.readouterr().err
         assert error.startswith("clip-embed: error: ") and message in error, error
         assert "Traceback" not in error
+    assert not os.path.exists(tmp_path / "o4")  # a run that failed before writing leaves no folder
 
 
 def test_ray_engine_equals_local_engine(data, tmp_path):

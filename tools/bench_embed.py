@@ -51,7 +51,14 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def make_model(folder: str) -> str:
+SMALL = dict(  # for --rss-model small: the pipeline's memory, with little compute
+    text_config=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4),
+    vision_config=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4),
+    projection_dim=256,
+)
+
+
+def make_model(folder: str, small: bool = False) -> str:
     from clip_core.config import CLIPConfig
     from clip_core.image_processing import CLIPImageProcessor
     from clip_core.processing import CLIPProcessor
@@ -59,7 +66,7 @@ def make_model(folder: str) -> str:
     from clip_core.weights import random_state, save_state_dict
 
     if not os.path.exists(os.path.join(folder, "config.json")):
-        config = CLIPConfig()  # ViT-B/32
+        config = CLIPConfig.from_dict(SMALL) if small else CLIPConfig()  # ViT-B/32 (224 px, patch 32)
         save_state_dict(random_state(config, seed=0), folder, formats=("safetensors",))
         CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=CLIPTokenizerFast()).save_pretrained(
             folder
@@ -261,9 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--captions", type=int, default=5000)
     parser.add_argument("--backends", default="torch,tf,flax")
+    parser.add_argument(
+        "--warm-up-captions", type=int, default=1000, help="captions of the untimed first run"
+    )
     parser.add_argument("--only", default="images,texts,ray,rss")
     parser.add_argument("--rss-sizes", default="512,4096")
     parser.add_argument("--rss-backend", default="torch", help="backend of the peak-RSS runs")
+    parser.add_argument(
+        "--rss-model", default="vit-b32", choices=["vit-b32", "small"], help="small: 2 layers of width 256"
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -310,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths[: 2 * batch]:
         if not os.path.exists(os.path.join(warm_dir, os.path.basename(path))):
             os.symlink(os.path.abspath(path), os.path.join(warm_dir, os.path.basename(path)))
-    warm_captions = sorted(captions, key=len)[:: max(1, len(captions) // 1000)][
+    warm_captions = sorted(captions, key=len)[:: max(1, len(captions) // args.warm_up_captions)][
         : 1000 - 1000 % batch + len(captions) % batch
     ]
     warm_file = os.path.join(args.workdir, "captions-warm-up.txt")
@@ -339,10 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         for count in map(int, args.rss_sizes.split(",")):
             folder = os.path.join(args.workdir, f"photos-{count}")
             make_photos(folder, count)
-            report["rss"][count] = {
-                "backend": args.rss_backend,
-                **measure_rss(folder, model, args.rss_backend),
-            }
+            small = args.rss_model == "small"
+            rss_model = make_model(os.path.join(args.workdir, "small"), True) if small else model
+            measured = measure_rss(folder, rss_model, args.rss_backend)
+            report["rss"][count] = {"backend": args.rss_backend, "model": args.rss_model, **measured}
             print(f"  peak RSS over {count} photos:", report["rss"][count], flush=True)
     report["machine"]["load_after"] = os.getloadavg()
     print_summary(report)
