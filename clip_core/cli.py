@@ -268,6 +268,7 @@ def search_main(argv: list[str] | None = None) -> int:
         caption = meta.get("caption")
         text = f"  {caption!r}" if caption is not None else ""
         print(f"{rank:3d}  {hit.score:.4f}  {where}{text}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------

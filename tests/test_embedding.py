@@ -379,3 +379,91 @@ def test_ray_engine_equals_local_engine(data, tmp_path):
             assert pq.read_table(a).equals(pq.read_table(b)), name
         else:
             assert read_manifest(a.rsplit("/", 1)[0]) == read_manifest(b.rsplit("/", 1)[0])
+
+
+def test_onnx_backend_on_an_exported_folder(data, reference, tmp_path):
+    """--backend onnx on a clip-export folder (its graphs, config, tokenizer and processor files)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from clip_core.cli import embed_main
+    from clip_core.export import export
+
+    exported = str(tmp_path / "onnx")
+    export(data["model"], exported, to="onnx", progress=False)
+    out = str(tmp_path / "out")
+    argv = [exported, "--backend", "onnx", "--out", out, "--images", data["images"], "--texts", data["table"]]
+    assert embed_main([*argv, "--batch-size", "3", "--shard-size", "4", "--quiet"]) == 0
+    image, text = reference
+    for kind, expected in (("img_emb", image), ("text_emb", text)):
+        parts = [np.load(os.path.join(out, kind, f"{kind}_{n}.npy")) for n in range(3)]
+        assert_close(np.concatenate(parts), expected, f"onnx {kind}")
+    assert read_manifest(out)["settings"]["backend"] == "onnx"
+
+
+def test_clip_eval_reads_a_clip_embed_folder(tmp_path, capsys):
+    """clip-embed a captioned shapes folder (two captions an image, one broken image, several shards),
+    then clip-eval retrieval --embeddings on the folder as it is: the metrics of the embedded arrays
+    with each caption owned by its image; the same as clip-eval on the images and captions; an
+    unfinished folder is refused."""
+    import shutil
+
+    from clip_core.cli import embed_main, eval_main
+    from clip_core.metrics import retrieval_metrics
+    from tests.shapes_model import SHAPES_MODEL, fresh_shapes
+
+    shapes = fresh_shapes(12, seed=99)
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = []
+    for i in range(len(shapes)):
+        Image.fromarray(shapes.draw(i)).save(images / f"{i:02d}.png")
+        name = shapes.class_names[shapes.label(i)]
+        rows += [(f"{i:02d}.png", f"a {name}"), (f"{i:02d}.png", f"a drawing of a {name}.")]
+        if i == 4:
+            (images / "broken.png").write_bytes(b"not a png")
+            rows.append(("broken.png", "a broken image"))
+    with open(tmp_path / "caps.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("image_path", "caption"), *rows])
+    out = str(tmp_path / "emb")
+    argv = [SHAPES_MODEL, "--out", out, "--images", str(images), "--texts", str(tmp_path / "caps.csv")]
+    assert embed_main([*argv, "--shard-size", "5", "--batch-size", "4", "--quiet"]) == 0
+    in_memory = embed(SHAPES_MODEL, str(images), str(tmp_path / "caps.csv"), batch_size=4)
+    assert in_memory.rows == 24 and in_memory.errors == 1
+
+    result_file = tmp_path / "r.json"
+    assert eval_main(["retrieval", SHAPES_MODEL, "--embeddings", out, "-o", str(result_file), "--quiet"]) == 0
+    result = json.loads(result_file.read_text())
+    assert (result["num_images"], result["num_texts"]) == (12, 24)
+    expected = retrieval_metrics(
+        in_memory.image_embeddings[::2], in_memory.text_embeddings, np.repeat(np.arange(12), 2), (1, 5, 10)
+    )
+    assert result["metrics"] == pytest.approx(expected, abs=1e-6)
+    assert result["metrics"]["text_retrieval_recall@5"] > 0.5  # a trained model, not chance
+    # the arrays clip-eval read equal those it computes itself from the images and captions
+    from clip_core.evaluation import retrieval_job
+
+    captions_only = tmp_path / "caps-ok.csv"
+    captions_only.write_text("".join(line for line in open(tmp_path / "caps.csv") if "broken" not in line))
+    _, direct = retrieval_job(SHAPES_MODEL, str(images), str(captions_only))
+    _, reused = retrieval_job(SHAPES_MODEL, embeddings=out)
+    assert_close(reused["image_embeds"], direct["image_embeds"], "image embeddings read back")
+    assert_close(reused["text_embeds"], direct["text_embeds"], "text embeddings read back")
+    assert list(reused["text_to_image"]) == list(direct["text_to_image"])
+    assert reused["captions"] == direct["captions"]
+    # only the shards the manifest lists are read (not the files of a shard a killed run was writing)
+    stray = str(tmp_path / "stray")
+    shutil.copytree(out, stray)
+    np.save(os.path.join(stray, "img_emb", "img_emb_9.npy"), np.ones((3, 64), np.float32))
+    np.save(os.path.join(stray, "text_emb", "text_emb_9.npy"), np.ones((3, 64), np.float32))
+    assert retrieval_job(SHAPES_MODEL, embeddings=stray)[0]["metrics"] == result["metrics"]
+    # an unfinished run's folder is refused, naming it
+    unfinished = str(tmp_path / "unfinished")
+    shutil.copytree(out, unfinished)
+    manifest = read_manifest(unfinished)
+    manifest["complete"] = False
+    with open(os.path.join(unfinished, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    capsys.readouterr()
+    assert eval_main(["retrieval", SHAPES_MODEL, "--embeddings", unfinished, "--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("clip-eval: error:") and "has not finished" in error and unfinished in error
