@@ -2,7 +2,7 @@
 
     clip-convert SRC DST [--to safetensors|pt|tf|flax|all] [--dtype fp32|bf16|fp16] [--overwrite]
                  [--config CONFIG] [--hidden-act quick_gelu|gelu] [--progress | --no-progress]
-    clip-embed MODEL --out DIR [--images FOLDER|GLOB|SHARDS] [--texts FILE] [--backend torch|tf|flax]
+    clip-embed MODEL --out DIR [--images FOLDER|GLOB|SHARDS] [--texts FILE] [--backend torch|tf|flax|onnx]
                [--dtype fp32|bf16|fp16] [--batch-size N] [--num-workers N] [--shard-size N]
                [--engine local|ray] [--num-actors N] [--ray-address ADDR] [--quiet]
     clip-index DIR [--kind image|text|both] [--index-type auto|flat|ivf|hnsw] [-k 10]
