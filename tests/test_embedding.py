@@ -20,7 +20,6 @@ from PIL import Image
 
 from clip_core.config import CLIPConfig
 from clip_core.embedding import EmbedError, embed, plan_collection, read_manifest, read_table
-from clip_core.encoder import BACKENDS
 from clip_core.image_processing import CLIPImageProcessor
 from clip_core.names import canonical_shapes
 from clip_core.processing import CLIPProcessor
@@ -127,7 +126,7 @@ def reference(data):
     return unit(image), unit(text.numpy())
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", ["torch", "tf", "flax"])  # onnx: test_onnx_backend_on_an_exported_folder
 def test_embed_equals_normalised_features(data, reference, backend):
     result = embed(data["model"], data["images"], data["table"], backend=backend, batch_size=3, shard_size=4)
     image, text = reference
