@@ -6,6 +6,7 @@ caption readers; the Ray engine on a local 2-worker Ray equals the local engine.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -397,6 +398,12 @@ def test_onnx_backend_on_an_exported_folder(data, reference, tmp_path):
         parts = [np.load(os.path.join(out, kind, f"{kind}_{n}.npy")) for n in range(3)]
         assert_close(np.concatenate(parts), expected, f"onnx {kind}")
     assert read_manifest(out)["settings"]["backend"] == "onnx"
+    if importlib.util.find_spec("faiss") is not None:  # clip-search's queries through the folder's engine
+        from clip_core.search import Index
+
+        for kind, query in (("text", {"text": CAPTIONS[5]}), ("image", {"image": data["paths"][5]})):
+            (hit,) = Index.load(out, kind).search(**query, k=1)
+            assert hit.row == 5 and hit.score == pytest.approx(1, abs=1e-5), (kind, hit)
 
 
 def test_clip_eval_reads_a_clip_embed_folder(tmp_path, capsys):
