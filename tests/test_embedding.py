@@ -157,6 +157,23 @@ def test_text_batches_cover_sorted_captions_within_the_token_budget():
     assert all((b.stop - b.start) * lengths[b.stop - 1] <= 32 * 77 or b.stop - b.start <= 32 for b in batches)
 
 
+def test_glob_input_progress_bar_and_reduced_precision(data, reference, tmp_path, capsys):
+    """A glob selects files (broken ones among them still skipped); without quiet a tqdm bar counts
+    the embeddings on stderr; bf16 compute stays close to fp32."""
+    image, text = reference
+    jpegs = embed(data["model"], os.path.join(data["images"], "*.jpg"), batch_size=2, quiet=False)
+    assert [os.path.basename(p) for p in jpegs.metadata["image_path"]] == ["a.jpg", "e.jpg", "g.jpg"]
+    assert (jpegs.items, jpegs.rows, jpegs.errors, jpegs.text_embeddings) == (5, 3, 2, None)
+    assert_close(jpegs.image_embeddings, image[[0, 4, 6]], "images of a glob")
+    bar = capsys.readouterr().err
+    assert "5/5" in bar and "emb/s" in bar, bar
+    (tmp_path / "captions.txt").write_text("\n".join(CAPTIONS) + "\n", encoding="utf-8")
+    half = embed(data["model"], texts=str(tmp_path / "captions.txt"), dtype="bf16", batch_size=4)
+    cosine = np.sum(half.text_embeddings * text, axis=-1)
+    assert half.text_embeddings.dtype == np.float32 and cosine.min() > 0.98, cosine
+    assert np.abs(half.text_embeddings - text).max() > 1e-5  # it did compute in bf16
+
+
 def test_output_folder_resume_and_refusals(data, tmp_path):
     out = str(tmp_path / "out")
     first = embed(data["model"], data["images"], data["table"], out, batch_size=3, shard_size=4)
