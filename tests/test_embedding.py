@@ -426,8 +426,8 @@ def test_onnx_backend_on_an_exported_folder(data, reference, tmp_path):
 def test_clip_eval_reads_a_clip_embed_folder(tmp_path, capsys):
     """clip-embed a captioned shapes folder (two captions an image, one broken image, several shards),
     then clip-eval retrieval --embeddings on the folder as it is: the metrics of the embedded arrays
-    with each caption owned by its image; the same as clip-eval on the images and captions; an
-    unfinished folder is refused."""
+    with each caption owned by its image; the same arrays as clip-eval computes from the images and
+    captions; zero-shot reuses its image embeddings; an unfinished folder is refused."""
     import shutil
 
     from clip_core.cli import embed_main, eval_main
@@ -473,6 +473,26 @@ def test_clip_eval_reads_a_clip_embed_folder(tmp_path, capsys):
     assert_close(reused["text_embeds"], direct["text_embeds"], "text embeddings read back")
     assert list(reused["text_to_image"]) == list(direct["text_to_image"])
     assert reused["captions"] == direct["captions"]
+    # zero-shot from the same folder: its images matched to a labels file by path
+    from clip_core.evaluation import zeroshot_job
+
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        labels = [(f"{i:02d}.png", shapes.class_names[shapes.label(i)]) for i in range(len(shapes))]
+        csv.writer(f).writerows([("image", "label"), *labels])
+    (tmp_path / "classes.txt").write_text("\n".join(shapes.class_names) + "\n")
+    zeroshot = [
+        zeroshot_job(
+            SHAPES_MODEL,
+            str(images),
+            str(tmp_path / "labels.csv"),
+            str(tmp_path / "classes.txt"),
+            "shapes",
+            **kw,
+        )
+        for kw in ({}, {"embeddings": out})
+    ]
+    assert_close(zeroshot[1][1]["image_embeds"], zeroshot[0][1]["image_embeds"], "zero-shot images read back")
+    assert zeroshot[1][0]["metrics"] == pytest.approx(zeroshot[0][0]["metrics"])
     # only the shards the manifest lists are read (not the files of a shard a killed run was writing)
     stray = str(tmp_path / "stray")
     shutil.copytree(out, stray)
