@@ -45,23 +45,11 @@ def write_colour_clip(path) -> str:
     tokens, the text tower's end-of-text token averages the token embeddings, where only colour words
     are non-zero and equal that colour's patch features. Queries and keys are zero (uniform
     attention), values and projections the identity, the MLPs zero."""
+    tower = dict(hidden_size=HIDDEN, intermediate_size=4, num_hidden_layers=1, num_attention_heads=1)
     config = CLIPConfig.from_dict(
         dict(
-            text_config=dict(
-                hidden_size=HIDDEN,
-                intermediate_size=4,
-                num_hidden_layers=1,
-                num_attention_heads=1,
-                max_position_embeddings=16,
-            ),
-            vision_config=dict(
-                hidden_size=HIDDEN,
-                intermediate_size=4,
-                num_hidden_layers=1,
-                num_attention_heads=1,
-                image_size=32,
-                patch_size=16,
-            ),
+            text_config=dict(tower, max_position_embeddings=16),
+            vision_config=dict(tower, image_size=32, patch_size=16),
             projection_dim=HIDDEN,
         )
     )
