@@ -225,18 +225,54 @@ def _read_parquet(path: str) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
+def _clip_embed_shards(folder: str) -> list[int] | None:
+    """The shard numbers a clip-embed folder's manifest.json lists as finished (None for a folder
+    without one, e.g. clip-retrieval's). A run that has not finished is refused: its folder may hold
+    the files of a shard being written when it stopped, and misses the shards after it."""
+    path = os.path.join(folder, "manifest.json")
+    if not os.path.isfile(path):
+        return None
+    from clip_core.embedding import FORMAT
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return None
+    if not manifest.get("complete"):
+        raise ValueError(
+            f"{folder}: the clip-embed run that writes it has not finished "
+            f"({len(manifest.get('shards', {}))} shards so far); rerun clip-embed with the same --out to finish it"
+        )
+    return sorted(int(n) for n in manifest.get("shards", {}))
+
+
 def read_embedding_folder(folder: str) -> EmbeddingFolder:
     """A clip-embed / clip-retrieval output folder: the .npy parts of each kind concatenated in part
     order (``img_emb_0.npy``, ``img_emb_1.npy``, ...), and the metadata rows when present.
 
     Tolerant of what is missing (no text embeddings, no metadata), strict about what is there: the
-    parts of each kind must have matching row counts, and embeddings must be 2-D and finite.
+    parts of each kind must have matching row counts, and embeddings must be 2-D and finite. A
+    clip-embed folder (its manifest.json) is read as the manifest lists it: only finished runs, only
+    the shards it names (float16 embeddings are widened to float32).
     """
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"embeddings folder {folder} does not exist")
+    shards = _clip_embed_shards(folder)
+
+    def parts_of(kind: str, prefix: str, suffix: str) -> list[str]:
+        if shards is None:
+            return _numbered(os.path.join(folder, kind), prefix, suffix)
+        paths = [os.path.join(folder, kind, f"{prefix}_{n}{suffix}") for n in shards]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing and len(missing) < len(paths):
+            raise ValueError(f"{folder}: manifest.json lists shard files that are missing ({missing[0]})")
+        return [] if missing else paths
 
     def load(kind: str, prefix: str) -> tuple[np.ndarray | None, list[int]]:
-        parts = _numbered(os.path.join(folder, kind), prefix, ".npy")
+        parts = parts_of(kind, prefix, ".npy")
         if not parts:
             return None, []
         arrays = []
@@ -263,7 +299,7 @@ def read_embedding_folder(folder: str) -> EmbeddingFolder:
     if images is not None and texts is not None and image_parts != text_parts:
         raise ValueError(f"{folder}: img_emb parts have {image_parts} rows but text_emb parts {text_parts}")
     metadata = None
-    meta_parts = _numbered(os.path.join(folder, "metadata"), "metadata", ".parquet")
+    meta_parts = parts_of("metadata", "metadata", ".parquet")
     if meta_parts:
         metadata = [row for path in meta_parts for row in _read_parquet(path)]
         rows = len(images) if images is not None else len(texts)
