@@ -281,7 +281,8 @@ EVAL_DESCRIPTION = """clip-eval: zero-shot classification and image-text retriev
 
 Results are CLIP_benchmark's JSON (acc1, acc5, mean_per_class_recall; image_retrieval_recall@k,
 text_retrieval_recall@k, plus mrr and mean ranks), printed as a table. --embeddings DIR reuses a
-clip-embed output folder (img_emb/, text_emb/, metadata/) instead of running the image tower."""
+clip-embed output folder (img_emb/, text_emb/, metadata/) instead of running the image tower.
+--backend onnx runs a clip-export --to onnx folder with ONNX Runtime."""
 
 EXPLAIN_DESCRIPTION = """clip-explain: which parts of an image match a text, as heatmaps in a PNG.
 
@@ -295,9 +296,14 @@ layer's patch tokens, which in trained CLIPs light up the background more than t
 the gradient-weighted attention relevance of Chefer et al. instead of patch cosines."""
 
 
-def _model_options(parser) -> None:
-    parser.add_argument("model", help="checkpoint folder (config.json, weights, tokenizer) or cached Hub id")
-    parser.add_argument("--backend", default="torch", choices=["torch", "tf", "flax"])
+def _model_options(parser, backends=None) -> None:
+    from clip_core.encoder import BACKENDS
+
+    parser.add_argument(
+        "model",
+        help="checkpoint folder (config.json, weights, tokenizer), cached Hub id, or (onnx) a clip-export folder",
+    )
+    parser.add_argument("--backend", default="torch", choices=list(backends or BACKENDS))
     parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="compute dtype")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -429,7 +435,7 @@ def _explain_parser() -> argparse.ArgumentParser:
         description=EXPLAIN_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _model_options(parser)
+    _model_options(parser, ("torch", "tf", "flax"))  # heatmaps need patch tokens: not in an ONNX export
     parser.add_argument("image", help="image file")
     parser.add_argument("texts", nargs="+", help="one or more texts")
     parser.add_argument("-o", "--output", required=True, help="PNG to write")

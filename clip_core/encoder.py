@@ -127,7 +127,7 @@ def load_encoder(
     model: str | os.PathLike | object, backend: str = "torch", dtype: str | None = None
 ) -> Encoder:
     """An encoder for ``model`` (a checkpoint folder, a cached Hub id, or a loaded CLIPModel of the
-    backend) on ``backend`` ("torch", "tf", "flax"; "onnx" once an ONNX export engine is installed).
+    backend) on ``backend`` ("torch", "tf", "flax"; "onnx": a clip-export ONNX folder on ONNX Runtime).
 
     ``dtype``: None or "fp32" (float32), "bf16" or "fp16" compute, where the backend supports it.
     A missing framework is a clear ImportError naming the pip extra to install.

@@ -299,3 +299,18 @@ def test_clip_eval_retrieval_with_captions(shape_files, tmp_path, capsys):
     assert result["metrics"] == pytest.approx(expected, abs=1e-6)
     assert result["metrics"]["text_retrieval_recall@5"] > 0.5  # a trained model, not chance
     assert plot.stat().st_size > 10_000 and "wrote" in capsys.readouterr().out
+
+
+def test_clip_eval_zeroshot_on_an_onnx_export(shape_files, tmp_path):
+    """--backend onnx: the shapes model exported to ONNX classifies as the torch backend does."""
+    pytest.importorskip("onnxruntime")
+    from clip_core.export import export
+
+    exported = str(tmp_path / "onnx")
+    export(SHAPES_MODEL, exported, to="onnx", progress=False)
+    images, classes = str(shape_files / "by_class"), str(shape_files / "classes.txt")
+    by_torch, torch_details = zeroshot_job(SHAPES_MODEL, images, None, classes, "shapes")
+    by_onnx, onnx_details = zeroshot_job(exported, images, None, classes, "shapes", backend="onnx")
+    assert_close(onnx_details["image_embeds"], torch_details["image_embeds"], 1e-5)
+    assert by_onnx["metrics"] == pytest.approx(by_torch["metrics"])
+    assert eval_main(["zeroshot", exported, "--backend", "onnx", "--images", images, "--quiet"]) == 0
