@@ -14,25 +14,48 @@ The conversion streams: ``open_source`` opens the source lazily and checks its n
 against the config (``clip_core.names.fit_problems``) before reading any tensor;
 ``ConvertingView`` renames, re-lays out and casts each tensor on its way to the writers
 (``clip_core.formats.save_checkpoint``), so memory holds about one tensor (plus the source file's
-own index), not the model. Everything is written into a hidden sibling folder that replaces DST
-only once complete: a failure leaves DST as it was.
+own index), not the model.
+
+Everything is written into a hidden sibling folder (``.DST.converting-<owner>.<random>``), with a
+checksum manifest (``checksums.sha256``), and moved into place only once complete:
+- without ``overwrite`` DST is claimed by a rename that never replaces anything (renameat2's
+  RENAME_NOREPLACE; elsewhere a mkdir claim): a DST that appeared meanwhile is left alone and the
+  conversion fails with FileExistsError;
+- with ``overwrite`` the new folder and DST are swapped in one step (RENAME_EXCHANGE); where the file
+  system cannot, by two renames, the old copy parked as ``.DST.old-<owner>.<random>``;
+- a failure (a full disk: an OSError naming DST) removes the hidden folder and leaves DST as it was;
+- what killed runs left beside DST is found by its owner's pid, host and age: removed when the run
+  is dead (a parked old copy is put back if DST is missing), reported in the summary's notes
+  otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 
 import numpy as np
 
 from clip_core.config import ConfigError
+from clip_core.files import (
+    STALE_AFTER_SECONDS,
+    atomic_copy,
+    exchange,
+    fsync_dir,
+    make_temporary_dir,
+    owner_state,
+    parse_temporary,
+    remove_path,
+    rename_noreplace,
+    with_path,
+)
+from clip_core.folder_save import MANIFEST, read_manifest, verify_files, write_manifest
 from clip_core.formats import find_weights_file, format_names, open_checkpoint, save_checkpoint
-from clip_core.formats.base import CheckpointReader, extended_dtype, is_floating, nbytes
+from clip_core.formats.base import CheckpointReader, extended_dtype, is_floating, nbytes, read_index
 from clip_core.names import (
     CANONICAL_ROOTS,
     CheckpointError,
@@ -246,7 +269,7 @@ def _write_extras(src: Source, folder: str, notes: list[str]) -> None:
     from_folder = [f for f in TOKENIZER_FILES if src.folder and os.path.isfile(os.path.join(src.folder, f))]
     if from_folder:
         for f in from_folder:
-            shutil.copyfile(os.path.join(src.folder, f), os.path.join(folder, f))
+            atomic_copy(os.path.join(src.folder, f), os.path.join(folder, f))
     else:
         from clip_core.tokenization_fast import CLIPTokenizerFast
 
@@ -258,7 +281,7 @@ def _write_extras(src: Source, folder: str, notes: list[str]) -> None:
                 f"{vocab.vocab_size} token embeddings"
             )
     if src.folder and os.path.isfile(os.path.join(src.folder, PREPROCESSOR_FILE)):
-        shutil.copyfile(os.path.join(src.folder, PREPROCESSOR_FILE), os.path.join(folder, PREPROCESSOR_FILE))
+        atomic_copy(os.path.join(src.folder, PREPROCESSOR_FILE), os.path.join(folder, PREPROCESSOR_FILE))
     else:
         from clip_core.image_processing import CLIPImageProcessor
 
@@ -291,6 +314,95 @@ def _progress_bar(total: int, progress):
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting", file=sys.stderr)
 
 
+def _after_dead_runs(parent: str, base: str, destination: str) -> list[str]:
+    """Clear what killed conversions into ``destination`` left beside it; notes saying what was done.
+
+    A dead run's ``.DST.converting-*`` folder is removed, or, if it is complete (its manifest is
+    written last) and DST is the empty folder it had claimed (the portable claim: mkdir, then
+    rename), moved into place. A parked old copy (``.DST.old-*``) is put back when DST is missing or
+    that empty claim (a swap killed half-way), else removed. Temporaries whose owner may be alive
+    or cannot be judged (another host, younger than STALE_AFTER_SECONDS) are left and reported."""
+    notes = []
+    for name in sorted(os.listdir(parent)):
+        info = parse_temporary(name)
+        if info is None or info["kind"] != "conversion" or info["base"] != base:
+            continue
+        path = os.path.join(parent, name)
+        state = owner_state(info, path)
+        if state == "alive":
+            continue
+        if state == "unknown":
+            notes.append(
+                f"left {path}: it may belong to a conversion still running on another host "
+                f"(it is removed once older than {STALE_AFTER_SECONDS // 3600} h)"
+            )
+            continue
+        claimed = os.path.isdir(destination) and not os.listdir(destination)
+        complete = info["what"] == "old" or os.path.isfile(os.path.join(path, MANIFEST))
+        if (claimed and complete) or (info["what"] == "old" and not os.path.lexists(destination)):
+            if claimed:
+                os.rmdir(destination)
+            os.rename(path, destination)
+            done = "put back" if info["what"] == "old" else "completed"
+            notes.append(
+                f"{done} {destination} from {name}: a conversion was killed while moving it into place"
+            )
+        elif remove_path(path):
+            notes.append(f"removed {name}, left by a conversion that did not finish")
+    return notes
+
+
+def _move_into_place(tmp: str, destination: str, overwrite: bool) -> None:
+    """The finished folder ``tmp`` becomes ``destination``: claimed, or with ``overwrite`` swapped."""
+    parent, base = os.path.split(destination)
+    if overwrite and os.path.isdir(destination):
+        if exchange(tmp, destination):  # one step; tmp now holds the old copy
+            fsync_dir(parent)
+            remove_path(tmp)
+            return
+        old = make_temporary_dir(parent, f".{base}.old-")
+        os.rmdir(old)  # the name only: rename() will not move a folder onto a folder that has files
+        os.rename(destination, old)
+        try:
+            rename_noreplace(tmp, destination)
+        except BaseException:
+            os.rename(old, destination)
+            raise
+        fsync_dir(parent)
+        remove_path(old)
+        return
+    try:
+        rename_noreplace(tmp, destination)
+    except FileExistsError:
+        if overwrite and os.path.isdir(destination):
+            _move_into_place(tmp, destination, overwrite)
+            return
+        raise FileExistsError(
+            errno.EEXIST,
+            "appeared while converting and was left as it is (pass overwrite=True / --overwrite to replace it)",
+            destination,
+        ) from None
+    fsync_dir(parent)
+
+
+def source_files(source: str) -> tuple[str, list[str]]:
+    """(folder, names): the files of ``source`` a conversion reads (config, weights or index and shards)."""
+    path = find_weights_file(source) if os.path.isdir(source) else source
+    folder = os.path.dirname(os.path.abspath(path))
+    names = [os.path.basename(path)]
+    if path.endswith(".index.json"):
+        names += sorted(set(read_index(path).values()))
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        names.append("config.json")
+    return folder, names
+
+
+def verify_source(source: str) -> None:
+    """The files a conversion reads, and every file the manifest lists, against checksums.sha256."""
+    folder, names = source_files(source)
+    verify_files(folder, sorted(set(names) | set(read_manifest(folder))))
+
+
 def convert(
     source: str | os.PathLike,
     destination: str | os.PathLike,
@@ -300,13 +412,15 @@ def convert(
     progress=True,
     config: str | os.PathLike | None = None,
     hidden_act: str = "quick_gelu",
+    verify: bool = False,
 ) -> ConversionSummary:
     """Convert ``source`` into the transformers folder ``destination``; see the module docstring.
 
     formats: any of "safetensors", "pt", "tf", "flax" or "all". dtype: None (keep), "fp32",
     "bf16" or "fp16" (floating tensors only). progress: True shows a bar on a terminal,
     "always" everywhere, False never. config: a config.json (or folder) to use instead of the
-    source's own or an inferred one.
+    source's own or an inferred one. verify: check the source against its checksums.sha256 before
+    reading it (CheckpointError if it has none or a file differs), and the written folder after.
     """
     start = time.perf_counter()
     source, destination = os.fspath(source), os.path.abspath(os.fspath(destination))
@@ -314,16 +428,26 @@ def convert(
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: choose from fp32, bf16, fp16")
     target_dtype = DTYPES[dtype]
-    if os.path.exists(destination):
+    parent, base = os.path.split(destination)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        notes = _after_dead_runs(parent, base, destination)
+    except OSError as e:
+        raise with_path(e, destination) from e
+    if os.path.lexists(destination):
         if not os.path.isdir(destination):
             raise FileExistsError(f"{destination} exists and is not a folder")
         if not overwrite:
             raise FileExistsError(f"{destination} exists; pass overwrite=True (--overwrite) to replace it")
+    if verify:
+        verify_source(source)
     src = open_source(source, None if config is None else os.fspath(config), hidden_act)
-    parent, base = os.path.split(destination)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{base}.converting-", dir=parent)
-    notes = list(src.notes)
+    notes += src.notes
+    try:
+        tmp = make_temporary_dir(parent, f".{base}.converting-")
+    except OSError as e:
+        src.reader.close()
+        raise with_path(e, destination) from e
     try:
         with src.reader:
             view = ConvertingView(src.reader, target_dtype, names=src.names)
@@ -343,15 +467,16 @@ def convert(
         _write_config(src, tmp, target_dtype)
         _write_extras(src, tmp, notes)
         written = sum(os.path.getsize(p) for p in weight_files)
-        old = None
-        if os.path.exists(destination):
-            old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
-            os.rename(destination, os.path.join(old, base))
-        os.rename(tmp, destination)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        names = sorted(os.listdir(tmp))
+        write_manifest(tmp, names)
+        if verify:
+            verify_files(tmp, names)
+        fsync_dir(tmp)
+        _move_into_place(tmp, destination, overwrite)
+    except BaseException as e:
+        remove_path(tmp)
+        if isinstance(e, OSError) and not isinstance(e, FileExistsError):
+            raise with_path(e, destination) from e
         raise
     return ConversionSummary(
         source=source,

@@ -174,8 +174,8 @@ def run(fmt: str, folders: dict, state: dict, cases: int, work: str, seed: int =
                 bad.append(f"{loader_name}: {what}: {detail}")
         try:  # verify=True: every changed file is refused, whatever the format checks itself
             loaded = load_state_dict(folder, verify=True)
-            same = all(np.array_equal(loaded[k], state[k]) for k in state) and set(loaded) == set(state)
-            result = "loaded" if data == original or not same else "bad"
+            same = set(loaded) == set(state) and all(np.array_equal(loaded[k], state[k]) for k in state)
+            result = "loaded" if data == original and same else "bad"
             detail = "" if result == "loaded" else "verify=True accepted a changed file"
         except CheckpointError as e:
             result, detail = (
