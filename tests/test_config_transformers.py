@@ -33,7 +33,9 @@ def random_tower(rng, text):
         fields.update(
             vocab_size=vocab_size,
             max_position_embeddings=rng.randint(4, 80),
-            eos_token_id=rng.choice([2, vocab_size - 1, 7]),  # 2: legacy argmax pooling; within the vocabulary
+            eos_token_id=rng.choice(
+                [2, vocab_size - 1, 7]
+            ),  # 2: legacy argmax pooling; within the vocabulary
             pad_token_id=rng.choice([0, 1]),
         )
     else:

@@ -185,6 +185,21 @@ def test_bin_records_with_a_wrong_crc_are_refused(tmp_path, record):
         load_state_dict(tmp_path)
 
 
+def test_bin_with_zip64_records_reads_back_in_torch_and_here(tmp_path, monkeypatch):
+    """Files over 4 GiB need zip64 fields; written here for every record of a small file."""
+    torch = pytest.importorskip("torch")
+    import clip_core.formats.torch_format as torch_format
+
+    monkeypatch.setattr(torch_format, "ZIP64_FROM", 0)
+    state = model(1)[1]
+    save_state_dict(state, tmp_path, formats="pytorch")
+    with zipfile.ZipFile(tmp_path / "pytorch_model.bin") as archive:
+        assert archive.testzip() is None and all(i.file_size < 2**32 for i in archive.infolist())
+    loaded = torch.load(tmp_path / "pytorch_model.bin", weights_only=True, mmap=True)
+    assert all(np.array_equal(loaded[k].numpy(), v) for k, v in state.items())
+    assert all(np.array_equal(a, state[k]) for k, a in load_state_dict(tmp_path).items())
+
+
 # ---------------------------------------------------------------------------------------------------
 # Configs
 

@@ -30,25 +30,10 @@ FILES = {
 }
 KINDS = ["flip_head", "flip_tail", "flip_any", "truncate", "zero_run", "random_run", "insert"]
 # A small model with many tensors (the one tests/fault_child.py saves): small files, many headers.
+_TOWER = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
 CONFIG = {
-    "text_config": dict(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=8,
-        bos_token_id=62,
-        eos_token_id=63,
-    ),
-    "vision_config": dict(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=16,
-        patch_size=8,
-    ),
+    "text_config": dict(_TOWER, vocab_size=64, max_position_embeddings=8, bos_token_id=62, eos_token_id=63),
+    "vision_config": dict(_TOWER, image_size=16, patch_size=8),
     "projection_dim": 8,
 }
 
@@ -210,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             total_bad += bad
     print(f"{len(total_bad)} bad outcomes")
-    kinds = collections.Counter(f"{line.split(':')[0]}: {line.split('): ', 1)[-1].split(':')[0]}" for line in total_bad)
+    kinds = collections.Counter(
+        f"{line.split(':')[0]}: {line.split('): ', 1)[-1].split(':')[0]}" for line in total_bad
+    )
     for kind, count in kinds.most_common():
         print(f"  {count:5}  {kind}")
     shown = {}

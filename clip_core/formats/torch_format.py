@@ -333,8 +333,17 @@ def state_dict_pickle(infos: dict[str, tuple[tuple[int, ...], np.dtype]]) -> byt
     return b"\x80\x02}(" + items + b"u."  # PROTO 2, EMPTY_DICT, MARK ... SETITEMS, STOP
 
 
-ZIP64_LIMIT = 0xFFFFFFFF
+ZIP64_FROM = 0xFFFFFFFF  # sizes and offsets from here on need zip64 fields (tests lower it)
+_SENTINEL = 0xFFFFFFFF  # what a 32-bit field says when the value is in the zip64 field
 _ALIGNMENT = 64  # torch aligns every record's data to 64 bytes (so that storages can be mapped)
+
+
+def _entry_fields(zip64: bool, crc: int, stored: int, encoded: bytes, extra: bytes) -> bytes:
+    """What a record's local header and its central directory entry share: version needed, flags
+    (UTF-8 names), method (stored), DOS time and date (1980-01-01), CRC32, sizes, name and extra lengths."""
+    return struct.pack(
+        "<HHHHHIIIHH", 45 if zip64 else 20, 0x0800, 0, 0, 0x21, crc, stored, stored, len(encoded), len(extra)
+    )
 
 
 class _ZipWriter:
@@ -342,8 +351,8 @@ class _ZipWriter:
     record's data aligned to 64 bytes with an "FB" padding field, zip64 where sizes need it. Every
     record's CRC32 is computed from the bytes as they are written."""
 
-    def __init__(self, f, archive: str, force_zip64: bool = False):
-        self.f, self.archive, self.force_zip64 = f, archive, force_zip64
+    def __init__(self, f, archive: str):
+        self.f, self.archive = f, archive
         self.records: list[tuple[bytes, int, int, int]] = []  # (name, crc, size, header offset)
 
     def write_record(self, name: str, data) -> None:
@@ -351,26 +360,13 @@ class _ZipWriter:
         encoded = f"{self.archive}/{name}".encode()
         offset = self.f.tell()
         size = data.nbytes
-        zip64 = self.force_zip64 or size >= ZIP64_LIMIT
+        zip64 = size >= ZIP64_FROM
         extra = struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b""
         padding = -(offset + 30 + len(encoded) + len(extra) + 4) % _ALIGNMENT
         extra += b"FB" + struct.pack("<H", padding) + b"Z" * padding
         crc = zlib.crc32(data)
-        stored = ZIP64_LIMIT if zip64 else size
-        header = struct.pack(
-            "<IHHHHHIIIHH",
-            0x04034B50,
-            45 if zip64 else 20,
-            0x0800,
-            0,
-            0,
-            0x21,
-            crc,
-            stored,
-            stored,
-            len(encoded),
-            len(extra),
-        )
+        stored = _SENTINEL if zip64 else size
+        header = struct.pack("<I", 0x04034B50) + _entry_fields(zip64, crc, stored, encoded, extra)
         self.f.write(header + encoded + extra)
         self.f.write(data)
         self.records.append((encoded, crc, size, offset))
@@ -378,41 +374,21 @@ class _ZipWriter:
     def finish(self) -> None:
         start = self.f.tell()
         for encoded, crc, size, offset in self.records:
-            big = self.force_zip64 or size >= ZIP64_LIMIT or offset >= ZIP64_LIMIT
+            big = size >= ZIP64_FROM or offset >= ZIP64_FROM
             extra = struct.pack("<HHQQQ", 1, 24, size, size, offset) if big else b""
-            stored, at = (ZIP64_LIMIT, ZIP64_LIMIT) if big else (size, offset)
-            self.f.write(
-                struct.pack(
-                    "<IHHHHHHIIIHHHHHII",
-                    0x02014B50,
-                    45,
-                    45 if big else 20,
-                    0x0800,
-                    0,
-                    0,
-                    0x21,
-                    crc,
-                    stored,
-                    stored,
-                    len(encoded),
-                    len(extra),
-                    0,
-                    0,
-                    0,
-                    0,
-                    at,
-                )
-                + encoded
-                + extra
-            )
+            stored, at = (_SENTINEL, _SENTINEL) if big else (size, offset)
+            fields = _entry_fields(big, crc, stored, encoded, extra)
+            # version made by, the shared fields, comment length, disk, attributes, header offset
+            self.f.write(struct.pack("<IH", 0x02014B50, 45) + fields + struct.pack("<HHHII", 0, 0, 0, 0, at))
+            self.f.write(encoded + extra)
         end = self.f.tell()
         count, length = len(self.records), end - start
-        if self.force_zip64 or count >= 0xFFFF or start >= ZIP64_LIMIT or length >= ZIP64_LIMIT:
+        if count >= min(0xFFFF, ZIP64_FROM) or start >= ZIP64_FROM or length >= ZIP64_FROM:
             self.f.write(
                 struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, count, count, length, start)
             )
             self.f.write(struct.pack("<IIQI", 0x07064B50, 0, end, 1))
-            count, length, start = min(count, 0xFFFF), min(length, ZIP64_LIMIT), min(start, ZIP64_LIMIT)
+            count, length, start = min(count, 0xFFFF), min(length, _SENTINEL), min(start, _SENTINEL)
         self.f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, length, start, 0))
 
 
