@@ -296,7 +296,10 @@ class CLIPImageProcessor:
         config = read_json(path)  # ValueError naming the file if it is not JSON, too large or too deep
         if not isinstance(config, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
-        return cls.from_dict(config, **kwargs)
+        try:
+            return cls.from_dict(config, **kwargs)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"

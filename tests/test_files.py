@@ -91,3 +91,93 @@ def test_explicit_cache_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     snapshot = build_hub_cache(tmp_path, "org/name", lambda folder: tiny_config().save_pretrained(folder))
     assert resolve_file("org/name", "config.json", cache_dir=tmp_path) == str(snapshot / "config.json")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Owners of temporaries, renames that never replace, JSON limits
+
+
+def test_temporary_names_carry_their_owner_and_dead_owners_are_found(tmp_path):
+    import subprocess
+    import sys
+
+    from clip_core.files import owner_state, owner_tag, parse_temporary, remove_stale_temporaries
+
+    with atomic_path(tmp_path / "model.safetensors") as tmp:
+        info = parse_temporary(os.path.basename(tmp))
+        assert info["base"] == "model.safetensors" and info["pid"] == os.getpid()
+        assert owner_state(info, tmp) == "alive"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    host, _, start = owner_tag().split(".")
+    names = {
+        "dead": f".model.safetensors.{host}.{int(dead.stdout)}.{start}.abc123.tmp",
+        "reused": f".config.json.{host}.{os.getpid()}.{int(start) + 1}.abc123.tmp",  # our pid, another start
+        "other-host": ".config.json.elsewhere.1.1.abc123.tmp",
+        "not-ours": ".model.safetensors.partial",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"x")
+    removed, kept = remove_stale_temporaries(tmp_path)
+    assert sorted(removed) == sorted([names["dead"], names["reused"]])
+    assert kept == [names["other-host"]]
+    assert (tmp_path / names["not-ours"]).exists()
+    os.utime(tmp_path / names["other-host"], (0, 0))  # older than STALE_AFTER_SECONDS
+    assert remove_stale_temporaries(tmp_path) == ([names["other-host"]], [])
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["renameat2", "mkdir-claim"])
+def test_rename_noreplace_never_replaces_even_an_empty_folder(tmp_path, monkeypatch, portable):
+    import errno
+
+    import clip_core.files as files
+
+    if portable:
+
+        def unsupported(*args):
+            raise OSError(errno.EINVAL, "unsupported")
+
+        monkeypatch.setattr(files, "_renameat2", unsupported)
+    source = tmp_path / "new"
+    source.mkdir()
+    (source / "f").write_text("new")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FileExistsError):
+        files.rename_noreplace(str(source), str(tmp_path / "taken"))  # os.rename would replace it
+    assert (source / "f").exists() and os.listdir(tmp_path / "taken") == []
+    files.rename_noreplace(str(source), str(tmp_path / "free"))
+    assert (tmp_path / "free" / "f").read_text() == "new" and not source.exists()
+    (tmp_path / "other").mkdir()
+    swapped = files.exchange(str(tmp_path / "free"), str(tmp_path / "other"))
+    assert swapped != portable
+    if swapped:
+        assert (tmp_path / "other" / "f").exists() and os.listdir(tmp_path / "free") == []
+
+
+def test_read_json_limits(tmp_path):
+    from clip_core.files import MAX_JSON_DEPTH, read_json
+
+    path = tmp_path / "x.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="x.json.*nested"):
+        read_json(path)
+    path.write_text("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1))
+    with pytest.raises(ValueError, match="deeper than"):
+        read_json(path)
+    path.write_text("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH)
+    assert read_json(path) is not None
+    path.write_text('{"a": "' + "x" * 100 + '"}')
+    with pytest.raises(ValueError, match="over 50 bytes"):
+        read_json(path, max_bytes=50)
+    path.write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(ValueError, match="x.json"):
+        read_json(path)
+
+
+def test_write_errors_name_the_path(tmp_path):
+    target = tmp_path / "f.bin"
+    with pytest.raises(OSError) as info, atomic_path(target) as tmp:
+        raise OSError(28, "No space left on device")  # as a full disk's write() raises it: no file name
+    assert info.value.errno == 28 and info.value.filename == str(target)
+    assert os.listdir(tmp_path) == [] and str(tmp).endswith(".tmp")

@@ -421,6 +421,18 @@ def test_manifest_lists_the_saved_files_and_verify_catches_a_changed_byte(tmp_pa
     assert convert_main([str(folder), str(tmp_path / "dst"), "--verify", "--no-progress"]) == 1
 
 
+def test_from_pretrained_verify(tmp_path):
+    pytest.importorskip("torch")
+    from clip_torch import CLIPModel
+
+    folder = tmp_path / "model"
+    save_pretrained(folder, *model(1))
+    CLIPModel.from_pretrained(folder, verify=True)
+    (folder / "config.json").write_text((folder / "config.json").read_text().replace("16", "16 "))
+    with pytest.raises(CheckpointError, match="config.json"):
+        CLIPModel.from_pretrained(folder, verify=True)
+
+
 def test_verify_without_a_manifest_is_an_error_and_conversions_write_one(tmp_path):
     folder = tmp_path / "model"
     save_pretrained(folder, *model(1))

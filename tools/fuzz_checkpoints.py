@@ -6,7 +6,8 @@ safetensors / pytorch_model.bin folders), corrupted N times, through every loade
 Prints, per format and loader: cases tried, clean loads, clear refusals (CheckpointError /
 ConfigError naming the file) and bad outcomes (any other exception type, or an error that names no
 file), then the first bad outcomes. ``verify`` is load_state_dict(verify=True): every changed file must
-be refused. tests/test_hardening_readers.py runs the same fuzz with a few dozen cases per format.
+be refused (load_pretrained(verify=True): config.json too). tests/test_hardening_readers.py runs the
+same fuzz with a few dozen cases per format.
 """
 
 from __future__ import annotations
@@ -135,30 +136,32 @@ def _outcome(call, names: list[str]) -> tuple[str, str]:
 
 
 def run(fmt: str, folders: dict, state: dict, cases: int, work: str, seed: int = 0):
-    """Counts {loader: Counter(loaded / refused / bad)} and the bad outcomes, for ``cases`` corruptions."""
+    """Counts {loader: Counter(loaded / refused / bad)} and the bad outcomes, for ``cases`` corruptions
+    (one in six of config.json, the others of a weights file, an index or a shard)."""
     from clip_core.names import CheckpointError
-    from clip_core.weights import load_state_dict
+    from clip_core.pretrained import load_pretrained
 
     source, names = folders[fmt]
+    files = sorted(os.listdir(source))
     rng = np.random.default_rng([seed, sum(map(ord, fmt))])
     counts = {name: collections.Counter() for name in [*LOADERS, "verify"]}
     bad = []
     for case in range(cases):
         folder = os.path.join(work, f"{fmt}-{case}")
         shutil.copytree(source, folder)
-        target = names[int(rng.integers(len(names)))]
+        target = "config.json" if rng.random() < 1 / 6 else names[int(rng.integers(len(names)))]
         original = open(os.path.join(source, target), "rb").read()
         kind, data = mutate(original, rng)
         with open(os.path.join(folder, target), "wb") as f:
             f.write(data)
         what = f"{fmt} case {case} ({kind} of {target})"
         for loader_name, loader in LOADERS.items():
-            result, detail = _outcome(lambda: loader(folder), [target, "config.json"])  # noqa: B023
+            result, detail = _outcome(lambda: loader(folder), files)  # noqa: B023
             counts[loader_name][result] += 1
             if result == "bad":
                 bad.append(f"{loader_name}: {what}: {detail}")
         try:  # verify=True: every changed file is refused, whatever the format checks itself
-            loaded = load_state_dict(folder, verify=True)
+            loaded = load_pretrained(folder, "clip", verify=True)[1]
             same = set(loaded) == set(state) and all(np.array_equal(loaded[k], state[k]) for k in state)
             result = "loaded" if data == original and same else "bad"
             detail = "" if result == "loaded" else "verify=True accepted a changed file"
