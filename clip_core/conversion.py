@@ -46,9 +46,11 @@ from clip_core.files import (
     atomic_copy,
     exchange,
     fsync_dir,
+    make_dirs,
     make_temporary_dir,
     owner_state,
     parse_temporary,
+    remove_created,
     remove_path,
     rename_noreplace,
     with_path,
@@ -429,11 +431,37 @@ def convert(
         raise ValueError(f"unknown dtype {dtype!r}: choose from fp32, bf16, fp16")
     target_dtype = DTYPES[dtype]
     parent, base = os.path.split(destination)
+    created = []
     try:
-        os.makedirs(parent, exist_ok=True)
+        created = make_dirs(parent)
         notes = _after_dead_runs(parent, base, destination)
     except OSError as e:
+        remove_created(created)
         raise with_path(e, destination) from e
+    try:
+        return _convert_into(
+            source,
+            destination,
+            fmts,
+            target_dtype,
+            overwrite,
+            progress,
+            config,
+            hidden_act,
+            verify,
+            notes,
+            start,
+        )
+    except BaseException:
+        remove_created(created)  # folders made for DST's parent, if nothing came of it
+        raise
+
+
+def _convert_into(
+    source, destination, fmts, target_dtype, overwrite, progress, config, hidden_act, verify, notes, start
+):
+    """convert() once DST's parent exists and dead runs' leftovers are cleared."""
+    parent, base = os.path.split(destination)
     if os.path.lexists(destination):
         if not os.path.isdir(destination):
             raise FileExistsError(f"{destination} exists and is not a folder")

@@ -247,13 +247,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    created = []
     try:
-        os.makedirs(folder, exist_ok=True)
+        created = make_dirs(folder)
         fd, tmp = tempfile.mkstemp(
             prefix=f".{os.path.basename(path)}.{owner_tag()}.", suffix=".tmp", dir=folder
         )
         os.close(fd)
     except OSError as e:
+        remove_created(created)
         raise with_path(e, path) from e
     try:
         yield tmp
@@ -261,11 +263,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(folder)
-    except OSError as e:
-        raise with_path(e, path) from e
-    finally:
+    except BaseException as e:
         if os.path.lexists(tmp):
             os.remove(tmp)
+        remove_created(created)
+        if isinstance(e, OSError):
+            raise with_path(e, path) from e
+        raise
+
+
+def make_dirs(folder: str) -> list[str]:
+    """os.makedirs(folder, exist_ok=True); the folders it created, outermost first (to undo a failure)."""
+    created, probe = [], os.path.abspath(folder)
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+        created.append(probe)
+        probe = os.path.dirname(probe)
+    os.makedirs(folder, exist_ok=True)
+    return created[::-1]
+
+
+def remove_created(created: list[str]) -> None:
+    """Remove the folders ``make_dirs`` created, innermost first, as long as they are empty."""
+    for folder in reversed(created):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

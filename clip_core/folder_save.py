@@ -31,11 +31,13 @@ from clip_core.files import (
     apply_default_mode,
     atomic_write_text,
     fsync_dir,
+    make_dirs,
     make_temporary_dir,
     owner_state,
     owner_tag,
     parse_json,
     parse_temporary,
+    remove_created,
     remove_stale_temporaries,
     with_path,
 )
@@ -258,6 +260,7 @@ class FolderSave:
         self.staging = ""
         self.paths: list[str] = []
         self._remove: set[str] = set()
+        self._created: list[str] = []  # folders this save made (removed again if it fails)
 
     def supersede(self, names) -> None:
         self._remove.update(names)
@@ -266,11 +269,12 @@ class FolderSave:
         if os.path.isfile(self.folder):
             raise ValueError(f"expected a folder to save into, got the file {self.folder}")
         try:
-            os.makedirs(self.folder, exist_ok=True)
+            self._created = make_dirs(self.folder)
             with _folder_lock(self.folder):
                 _recover_locked(self.folder)  # an interrupted save first, and dead runs' temporaries
             self.staging = make_temporary_dir(self.folder, STAGING_PREFIX)
         except OSError as e:
+            remove_created(self._created)
             raise with_path(e, self.folder) from e
         return self
 
@@ -278,15 +282,15 @@ class FolderSave:
         if kind is None:
             try:
                 self._commit()
+                return False
             except BaseException as e:
-                shutil.rmtree(self.staging, ignore_errors=True)
-                if isinstance(e, OSError):
-                    raise with_path(e, self.folder) from e
-                raise
-            return False
+                error = e
         shutil.rmtree(self.staging, ignore_errors=True)
+        remove_created(self._created)
         if isinstance(error, OSError):
             raise with_path(error, self.folder) from error
+        if kind is None:
+            raise error
         return False
 
     def _commit(self) -> None:

@@ -306,6 +306,21 @@ def test_a_failed_multi_format_save_changes_nothing(tmp_path, monkeypatch):
     assert which_model(folder) == "A"
 
 
+def test_a_failed_save_into_new_folders_leaves_no_folder(tmp_path, monkeypatch):
+    import clip_core.formats as formats_module
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(formats_module, "save_msgpack", disk_full)
+    with pytest.raises(OSError):
+        save_pretrained(tmp_path / "a" / "b" / "model", *model(1), formats=NO_TORCH_FORMATS)
+    source = saved_source(tmp_path / "source")
+    with pytest.raises(OSError):
+        convert(source, tmp_path / "c" / "d" / "dst", formats=("all",), progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["source"]
+
+
 # ---------------------------------------------------------------------------------------------------
 # A full disk
 
