@@ -32,7 +32,6 @@ checksum manifest (``checksums.sha256``), and moved into place only once complet
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 import sys
 import time
@@ -44,15 +43,14 @@ from clip_core.config import ConfigError
 from clip_core.files import (
     STALE_AFTER_SECONDS,
     atomic_copy,
-    exchange,
     fsync_dir,
     make_dirs,
     make_temporary_dir,
+    move_into_place,
     owner_state,
     parse_temporary,
     remove_created,
     remove_path,
-    rename_noreplace,
     with_path,
 )
 from clip_core.folder_save import MANIFEST, read_manifest, verify_files, write_manifest
@@ -354,39 +352,6 @@ def _after_dead_runs(parent: str, base: str, destination: str) -> list[str]:
     return notes
 
 
-def _move_into_place(tmp: str, destination: str, overwrite: bool) -> None:
-    """The finished folder ``tmp`` becomes ``destination``: claimed, or with ``overwrite`` swapped."""
-    parent, base = os.path.split(destination)
-    if overwrite and os.path.isdir(destination):
-        if exchange(tmp, destination):  # one step; tmp now holds the old copy
-            fsync_dir(parent)
-            remove_path(tmp)
-            return
-        old = make_temporary_dir(parent, f".{base}.old-")
-        os.rmdir(old)  # the name only: rename() will not move a folder onto a folder that has files
-        os.rename(destination, old)
-        try:
-            rename_noreplace(tmp, destination)
-        except BaseException:
-            os.rename(old, destination)
-            raise
-        fsync_dir(parent)
-        remove_path(old)
-        return
-    try:
-        rename_noreplace(tmp, destination)
-    except FileExistsError:
-        if overwrite and os.path.isdir(destination):
-            _move_into_place(tmp, destination, overwrite)
-            return
-        raise FileExistsError(
-            errno.EEXIST,
-            "appeared while converting and was left as it is (pass overwrite=True / --overwrite to replace it)",
-            destination,
-        ) from None
-    fsync_dir(parent)
-
-
 def source_files(source: str) -> tuple[str, list[str]]:
     """(folder, names): the files of ``source`` a conversion reads (config, weights or index and shards)."""
     path = find_weights_file(source) if os.path.isdir(source) else source
@@ -500,7 +465,7 @@ def _convert_into(
         if verify:
             verify_files(tmp, names)
         fsync_dir(tmp)
-        _move_into_place(tmp, destination, overwrite)
+        move_into_place(tmp, destination, overwrite)
     except BaseException as e:
         remove_path(tmp)
         if isinstance(e, OSError) and not isinstance(e, FileExistsError):

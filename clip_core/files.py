@@ -96,7 +96,7 @@ _TAG = r"(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.(?P<start>\d+)"
 _RAND = r"[A-Za-z0-9_]+"
 TEMP_PATTERNS = (  # (regex, kind): what our writers name their temporaries
     (re.compile(rf"^\.(?P<base>.+)\.{_TAG}\.{_RAND}\.tmp$"), "file"),
-    (re.compile(rf"^\.(?P<base>.+)\.(?P<what>converting|old)-{_TAG}\.{_RAND}$"), "conversion"),
+    (re.compile(rf"^\.(?P<base>.+)\.(?P<what>converting|writing|old)-{_TAG}\.{_RAND}$"), "conversion"),
     (re.compile(rf"^\.clip-save-{_TAG}\.{_RAND}$"), "save"),
 )
 LEGACY_PATTERNS = (  # the previous release's names: no owner, judged by age
@@ -289,6 +289,89 @@ def remove_created(created: list[str]) -> None:
             os.rmdir(folder)
         except OSError:
             return
+
+
+def check_destination(path: str | os.PathLike, overwrite: bool = False) -> str:
+    """``path`` made absolute, if a folder may be written there: a FileExistsError says why not."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise FileExistsError(f"{path} exists and is not a folder")
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
+    """Yield an empty folder beside ``path``; it becomes ``path`` only if the block succeeds.
+
+    An existing ``path`` is a FileExistsError unless ``overwrite``; then it is swapped in one step
+    (``move_into_place``) only once the new folder is complete, so a failure or a kill leaves the
+    old one as it was. A folder that appears at ``path`` meanwhile is never replaced without
+    ``overwrite``. The temporary (``.NAME.writing-<owner>.*``) is removed on every error, and
+    those of dead runs are removed before writing; folders created for ``path`` are removed again
+    if nothing came of it. Write errors are OSErrors naming ``path``.
+    """
+    path = check_destination(path, overwrite)
+    parent, base = os.path.split(path)
+    created = []
+    try:
+        created = make_dirs(parent)
+        remove_stale_temporaries(parent, base)
+        tmp = make_temporary_dir(parent, f".{base}.writing-")
+    except OSError as e:
+        remove_created(created)
+        raise with_path(e, path) from e
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        move_into_place(tmp, path, overwrite)
+    except BaseException as e:
+        remove_path(tmp)
+        remove_created(created)
+        if isinstance(e, OSError) and not isinstance(e, FileExistsError):
+            raise with_path(e, path) from e
+        raise
+
+
+def move_into_place(tmp: str, destination: str, overwrite: bool) -> None:
+    """The finished folder ``tmp`` becomes ``destination``: claimed, or with ``overwrite`` swapped.
+
+    Without ``overwrite`` an existing ``destination`` (one that appeared meanwhile) is a
+    FileExistsError and is left as it is. With it, the two folders are exchanged in one step where
+    the file system can (renameat2), else the old one is parked as ``.NAME.old-*`` and put back if
+    the second rename fails."""
+    parent, base = os.path.split(destination)
+    if overwrite and os.path.isdir(destination):
+        if exchange(tmp, destination):  # one step; tmp now holds the old copy
+            fsync_dir(parent)
+            remove_path(tmp)
+            return
+        old = make_temporary_dir(parent, f".{base}.old-")
+        os.rmdir(old)  # the name only: rename() will not move a folder onto a folder that has files
+        os.rename(destination, old)
+        try:
+            rename_noreplace(tmp, destination)
+        except BaseException:
+            os.rename(old, destination)
+            raise
+        fsync_dir(parent)
+        remove_path(old)
+        return
+    try:
+        rename_noreplace(tmp, destination)
+    except FileExistsError:
+        if overwrite and os.path.isdir(destination):
+            move_into_place(tmp, destination, overwrite)
+            return
+        raise FileExistsError(
+            errno.EEXIST,
+            "appeared while it was being written and was left as it is "
+            "(pass overwrite=True / --overwrite to replace it)",
+            destination,
+        ) from None
+    fsync_dir(parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

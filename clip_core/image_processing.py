@@ -30,7 +30,7 @@ import numpy as np
 
 from .files import atomic_write_text, read_json, resolve_file
 from .image_inputs import CHANNELS_FIRST, channel_format, make_image_list
-from .image_transforms import Plan, process_images, resized_hw
+from .image_transforms import Plan, process_image, process_images, resized_hw
 from .tensors import BatchFeature, tensor_type_name, to_framework
 
 IMAGE_PROCESSOR_NAME = "preprocessor_config.json"
@@ -256,6 +256,12 @@ class CLIPImageProcessor:
 
     def __call__(self, images, **kwargs) -> BatchFeature:
         return self.preprocess(images, **kwargs)
+
+    def preprocess_into(self, image, out: np.ndarray) -> np.ndarray:
+        """One image with this processor's settings into ``out``, a channels-first float32 array of the
+        crop size (a row of a batch being filled); the same numbers as ``preprocess``. For loaders that
+        decode on their own threads."""
+        return process_image(image, self._plan({"data_format": CHANNELS_FIRST}), out)
 
     # -- files --------------------------------------------------------------------------------------
 
