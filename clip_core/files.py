@@ -101,7 +101,7 @@ TEMP_PATTERNS = (  # (regex, kind): what our writers name their temporaries
 )
 LEGACY_PATTERNS = (  # the previous release's names: no owner, judged by age
     re.compile(r"^\.(?P<base>.+)\.[a-z0-9_]{8}\.tmp$"),
-    re.compile(r"^\.(?P<base>.+)\.(?P<what>converting|old)-[a-z0-9_]{8}$"),
+    re.compile(r"^\.(?P<base>.+)\.(?P<what>converting|writing|old)-[a-z0-9_]{8}$"),
 )
 
 

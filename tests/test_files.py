@@ -1,6 +1,7 @@
 """Atomic writes and Hub-id resolution from a Hub-style cache built here (HF_HUB_OFFLINE=1)."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +174,53 @@ def test_write_errors_name_the_path(tmp_path):
         raise OSError(28, "No space left on device")  # as a full disk's write() raises it: no file name
     assert info.value.errno == 28 and info.value.filename == str(target)
     assert os.listdir(tmp_path) == [] and str(tmp).endswith(".tmp")
+
+
+# ---------------------------------------------------------------------------------------------------
+# atomic_folder (clip-export's output folder)
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["renameat2", "without-renameat2"])
+def test_atomic_folder_claims_swaps_and_cleans_up(tmp_path, monkeypatch, portable):
+    import errno
+    import subprocess
+    import sys
+
+    import clip_core.files as files
+
+    if portable:
+
+        def unsupported(*args):
+            raise OSError(errno.ENOSYS, "unsupported")
+
+        monkeypatch.setattr(files, "_renameat2", unsupported)
+    out = tmp_path / "out"
+    # A folder that appears at OUT meanwhile is not replaced without overwrite.
+    with pytest.raises(FileExistsError, match="appeared"), files.atomic_folder(out) as tmp:
+        (Path(tmp) / "new").write_text("new")
+        out.mkdir()
+        (out / "theirs").write_text("theirs")
+    assert sorted(os.listdir(tmp_path)) == ["out"] and os.listdir(out) == ["theirs"]
+    # With overwrite: a failure keeps the old folder as it was; success swaps it; no temporaries left.
+    with pytest.raises(OSError) as info, files.atomic_folder(out, overwrite=True) as tmp:
+        (Path(tmp) / "new").write_text("new")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert info.value.filename == str(out)
+    assert sorted(os.listdir(tmp_path)) == ["out"] and os.listdir(out) == ["theirs"]
+    with files.atomic_folder(out, overwrite=True) as tmp:
+        (Path(tmp) / "new").write_text("new")
+    assert sorted(os.listdir(tmp_path)) == ["out"] and os.listdir(out) == ["new"]
+    # Permissions follow the umask; a dead run's temporary is removed; new parents are undone on failure.
+    old_umask = os.umask(0o022)
+    try:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+        host, _, start = files.owner_tag().split(".")
+        (tmp_path / f".x.writing-{host}.{int(dead.stdout)}.{start}.abc").mkdir()
+        with files.atomic_folder(tmp_path / "x") as tmp:
+            assert os.stat(tmp).st_mode & 0o777 == 0o755
+        assert sorted(os.listdir(tmp_path)) == ["out", "x"]
+    finally:
+        os.umask(old_umask)
+    with pytest.raises(KeyboardInterrupt), files.atomic_folder(tmp_path / "a" / "b" / "c"):
+        raise KeyboardInterrupt
+    assert sorted(os.listdir(tmp_path)) == ["out", "x"]
