@@ -120,18 +120,24 @@ def test_temporary_names_carry_their_owner_and_dead_owners_are_found(tmp_path):
     assert remove_stale_temporaries(tmp_path) == ([names["other-host"]], [])
 
 
-@pytest.mark.parametrize("portable", [False, True], ids=["renameat2", "mkdir-claim"])
-def test_rename_noreplace_never_replaces_even_an_empty_folder(tmp_path, monkeypatch, portable):
+def without_renameat2(monkeypatch) -> None:
+    """clip_core.files as on a system or file system without renameat2 (the portable fallbacks)."""
     import errno
 
     import clip_core.files as files
 
+    def unsupported(*args):
+        raise OSError(errno.EINVAL, "unsupported")
+
+    monkeypatch.setattr(files, "_renameat2", unsupported)
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["renameat2", "mkdir-claim"])
+def test_rename_noreplace_never_replaces_even_an_empty_folder(tmp_path, monkeypatch, portable):
+    import clip_core.files as files
+
     if portable:
-
-        def unsupported(*args):
-            raise OSError(errno.EINVAL, "unsupported")
-
-        monkeypatch.setattr(files, "_renameat2", unsupported)
+        without_renameat2(monkeypatch)
     source = tmp_path / "new"
     source.mkdir()
     (source / "f").write_text("new")
@@ -189,11 +195,7 @@ def test_atomic_folder_claims_swaps_and_cleans_up(tmp_path, monkeypatch, portabl
     import clip_core.files as files
 
     if portable:
-
-        def unsupported(*args):
-            raise OSError(errno.ENOSYS, "unsupported")
-
-        monkeypatch.setattr(files, "_renameat2", unsupported)
+        without_renameat2(monkeypatch)
     out = tmp_path / "out"
     # A folder that appears at OUT meanwhile is not replaced without overwrite.
     with pytest.raises(FileExistsError, match="appeared"), files.atomic_folder(out) as tmp:
