@@ -417,7 +417,7 @@ def export_main(argv: list[str] | None = None) -> int:
                 overwrite=args.overwrite,
                 progress=False if args.quiet else "always",
             )
-    except (ExportError, CheckpointError, ConfigError, FileExistsError, FileNotFoundError, ImportError) as e:
+    except (ExportError, CheckpointError, ConfigError, OSError, ImportError) as e:  # OSErrors name their path
         print(f"clip-export: error: {e}", file=sys.stderr)
         return 1
     print(report)
