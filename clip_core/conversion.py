@@ -41,14 +41,12 @@ import numpy as np
 
 from clip_core.config import ConfigError
 from clip_core.files import (
-    STALE_AFTER_SECONDS,
     atomic_copy,
+    clear_dead_runs,
     fsync_dir,
     make_dirs,
     make_temporary_dir,
     move_into_place,
-    owner_state,
-    parse_temporary,
     remove_created,
     remove_path,
     with_path,
@@ -314,42 +312,8 @@ def _progress_bar(total: int, progress):
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting", file=sys.stderr)
 
 
-def _after_dead_runs(parent: str, base: str, destination: str) -> list[str]:
-    """Clear what killed conversions into ``destination`` left beside it; notes saying what was done.
-
-    A dead run's ``.DST.converting-*`` folder is removed, or, if it is complete (its manifest is
-    written last) and DST is the empty folder it had claimed (the portable claim: mkdir, then
-    rename), moved into place. A parked old copy (``.DST.old-*``) is put back when DST is missing or
-    that empty claim (a swap killed half-way), else removed. Temporaries whose owner may be alive
-    or cannot be judged (another host, younger than STALE_AFTER_SECONDS) are left and reported."""
-    notes = []
-    for name in sorted(os.listdir(parent)):
-        info = parse_temporary(name)
-        if info is None or info["kind"] != "conversion" or info["base"] != base:
-            continue
-        path = os.path.join(parent, name)
-        state = owner_state(info, path)
-        if state == "alive":
-            continue
-        if state == "unknown":
-            notes.append(
-                f"left {path}: it may belong to a conversion still running on another host "
-                f"(it is removed once older than {STALE_AFTER_SECONDS // 3600} h)"
-            )
-            continue
-        claimed = os.path.isdir(destination) and not os.listdir(destination)
-        complete = info["what"] == "old" or os.path.isfile(os.path.join(path, MANIFEST))
-        if (claimed and complete) or (info["what"] == "old" and not os.path.lexists(destination)):
-            if claimed:
-                os.rmdir(destination)
-            os.rename(path, destination)
-            done = "put back" if info["what"] == "old" else "completed"
-            notes.append(
-                f"{done} {destination} from {name}: a conversion was killed while moving it into place"
-            )
-        elif remove_path(path):
-            notes.append(f"removed {name}, left by a conversion that did not finish")
-    return notes
+def _has_manifest(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, MANIFEST))  # written last: the folder is complete
 
 
 def source_files(source: str) -> tuple[str, list[str]]:
@@ -399,7 +363,7 @@ def convert(
     created = []
     try:
         created = make_dirs(parent)
-        notes = _after_dead_runs(parent, base, destination)
+        notes = clear_dead_runs(parent, base, destination, complete=_has_manifest)
     except OSError as e:
         remove_created(created)
         raise with_path(e, destination) from e

@@ -29,7 +29,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 STALE_AFTER_SECONDS = 24 * 3600  # a temporary of another host (or without owner) older than this is dead
 MAX_JSON_BYTES = 64 * 2**20
@@ -188,7 +188,7 @@ def remove_stale_temporaries(
         if info is None or (base is not None and info["base"] != base):
             continue
         if info["kind"] == "conversion" and info["what"] == "old":
-            continue  # a swap's old copy: conversion.py decides (it may have to be put back)
+            continue  # a swap's old copy: clear_dead_runs decides (it may have to be put back)
         path = os.path.join(folder, name)
         state = owner_state(info, path)
         if state == "dead" and remove_path(path):
@@ -309,16 +309,18 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     An existing ``path`` is a FileExistsError unless ``overwrite``; then it is swapped in one step
     (``move_into_place``) only once the new folder is complete, so a failure or a kill leaves the
     old one as it was. A folder that appears at ``path`` meanwhile is never replaced without
-    ``overwrite``. The temporary (``.NAME.writing-<owner>.*``) is removed on every error, and
-    those of dead runs are removed before writing; folders created for ``path`` are removed again
-    if nothing came of it. Write errors are OSErrors naming ``path``.
+    ``overwrite``. The temporary (``.NAME.writing-<owner>.*``) is removed on every error; what dead
+    runs left is cleared first (``clear_dead_runs``: an old copy parked by a killed swap is put
+    back); folders created for ``path`` are removed again if nothing came of it. Write errors are
+    OSErrors naming ``path``.
     """
     path = check_destination(path, overwrite)
     parent, base = os.path.split(path)
     created = []
     try:
         created = make_dirs(parent)
-        remove_stale_temporaries(parent, base)
+        if clear_dead_runs(parent, base, path):
+            check_destination(path, overwrite)  # a killed swap's old copy may have been put back
         tmp = make_temporary_dir(parent, f".{base}.writing-")
     except OSError as e:
         remove_created(created)
@@ -333,6 +335,44 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
         if isinstance(e, OSError) and not isinstance(e, FileExistsError):
             raise with_path(e, path) from e
         raise
+
+
+def clear_dead_runs(
+    parent: str, base: str, destination: str, complete: Callable[[str], bool] = lambda folder: False
+) -> list[str]:
+    """Clear what killed runs writing the folder ``destination`` left beside it; notes saying what was done.
+
+    A dead run's ``.DST.converting-*`` / ``.DST.writing-*`` folder is removed, or, if ``complete(it)``
+    and DST is the empty folder it had claimed (the portable claim: mkdir, then rename), moved into
+    place. A parked old copy (``.DST.old-*``) is put back when DST is missing or that empty claim (a
+    swap killed half-way), else removed. Temporaries whose owner may be alive or cannot be judged
+    (another host, younger than STALE_AFTER_SECONDS) are left and reported."""
+    notes = []
+    for name in sorted(os.listdir(parent)):
+        info = parse_temporary(name)
+        if info is None or info["kind"] != "conversion" or info["base"] != base:
+            continue
+        path = os.path.join(parent, name)
+        state = owner_state(info, path)
+        if state == "alive":
+            continue
+        if state == "unknown":
+            notes.append(
+                f"left {path}: it may belong to a run still writing {base} on another host "
+                f"(it is removed once older than {STALE_AFTER_SECONDS // 3600} h)"
+            )
+            continue
+        claimed = os.path.isdir(destination) and not os.listdir(destination)
+        finished = info["what"] == "old" or complete(path)
+        if (claimed and finished) or (info["what"] == "old" and not os.path.lexists(destination)):
+            if claimed:
+                os.rmdir(destination)
+            os.rename(path, destination)
+            done = "put back" if info["what"] == "old" else "completed"
+            notes.append(f"{done} {destination} from {name}: a run was killed while moving it into place")
+        elif remove_path(path):
+            notes.append(f"removed {name}, left by a run that did not finish")
+    return notes
 
 
 def move_into_place(tmp: str, destination: str, overwrite: bool) -> None:

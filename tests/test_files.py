@@ -223,6 +223,12 @@ def test_atomic_folder_claims_swaps_and_cleans_up(tmp_path, monkeypatch, portabl
         assert sorted(os.listdir(tmp_path)) == ["out", "x"]
     finally:
         os.umask(old_umask)
+    # A swap killed between its two renames (no renameat2): the parked old copy is put back first.
+    (tmp_path / f".y.old-{host}.{int(dead.stdout)}.{start}.abc").mkdir()
+    (tmp_path / f".y.old-{host}.{int(dead.stdout)}.{start}.abc" / "old").write_text("old")
+    with pytest.raises(FileExistsError, match="overwrite"), files.atomic_folder(tmp_path / "y"):
+        pass
+    assert os.listdir(tmp_path / "y") == ["old"]
     with pytest.raises(KeyboardInterrupt), files.atomic_folder(tmp_path / "a" / "b" / "c"):
         raise KeyboardInterrupt
-    assert sorted(os.listdir(tmp_path)) == ["out", "x"]
+    assert sorted(os.listdir(tmp_path)) == ["out", "x", "y"]
