@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import functools
 import gzip
+import heapq
 import json
 import os
 from collections.abc import Callable
 from itertools import chain
 
-from .files import atomic_write_text
+from .files import atomic_write_text, read_json
 
 OPENAI_BPE_PATH = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "data", "bpe_simple_vocab_16e6.txt.gz"
@@ -80,8 +81,7 @@ def _vocab_from_merges(merges) -> dict[str, int]:
 
 def read_vocab_files(vocab_file: str, merges_file: str) -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     """transformers' vocab.json and merges.txt (header line, then one 'a b' merge per line)."""
-    with open(vocab_file, encoding="utf-8") as f:
-        encoder = json.load(f)
+    encoder = read_json(vocab_file)
     if not isinstance(encoder, dict):
         raise ValueError(f"{vocab_file} must hold a JSON object token -> id")
     with open(merges_file, encoding="utf-8") as f:
@@ -110,12 +110,20 @@ def write_vocab_files(
     return vocab_file, merges_file
 
 
+LONG_WORD = 24  # symbols; longer words take the merge queue (the list rescan is quadratic in a word)
+
+
 class BytePairEncoder:
-    """CLIP's BPE on byte-encoded words (callers put a WordIdsCache in front: caption words repeat a lot)."""
+    """CLIP's BPE on byte-encoded words (callers put a WordIdsCache in front: caption words repeat a lot).
+
+    Both paths give the textbook result (OpenAI's loop: merge every occurrence of the lowest-ranked
+    pair, left to right, until no pair is ranked): short words rescan a list of pair ranks, long words
+    use a queue of ranks, so that a word of n characters costs about n log n, not n**2."""
 
     def __init__(self, encoder: dict[str, int], merges, unk_id: int):
         self.encoder = encoder
         self.ranks = {pair: rank for rank, pair in enumerate(merges)}
+        self._pairs = list(merges)
         self.unk_id = unk_id
 
     def ids(self, word: str) -> list[int]:
@@ -125,6 +133,9 @@ class BytePairEncoder:
     def _merge(self, word: str) -> tuple[str, ...]:
         """BPE pieces of one byte-encoded word; its last piece ends with '</w>'."""
         symbols = [*word[:-1], word[-1] + END_OF_WORD]
+        return self._merge_long(symbols) if len(symbols) > LONG_WORD else self._merge_short(symbols)
+
+    def _merge_short(self, symbols: list[str]) -> tuple[str, ...]:
         ranks, never = self.ranks, len(self.ranks)
         get = ranks.get
         # Rank of each adjacent pair; after a merge only the two pairs around it change.
@@ -149,6 +160,51 @@ class BytePairEncoder:
                 except ValueError:
                     break
         return tuple(symbols)
+
+    def _merge_long(self, symbols: list[str]) -> tuple[str, ...]:
+        """The same merges from a queue: ranks in a heap, each with the positions where its pair was
+        seen (checked when their turn comes: a pair may have changed since), symbols in a linked list.
+
+        A rank's positions are merged together, left to right, before any pair they create is queued:
+        as in the textbook loop, where a merge may make a pair of a lower rank (merge lists that do not
+        build on themselves), which is then merged next."""
+        get, pairs = self.ranks.get, self._pairs
+        seen: dict[int, list[int]] = {}  # rank -> positions (left symbol) where its pair was made
+        for i, pair in enumerate(zip(symbols, symbols[1:])):
+            rank = get(pair)
+            if rank is not None:
+                seen.setdefault(rank, []).append(i)
+        queue = list(seen)
+        heapq.heapify(queue)
+        following = list(range(1, len(symbols) + 1))
+        following[-1] = -1
+        preceding = list(range(-1, len(symbols) - 1))
+
+        def note(rank, position):
+            if rank is not None:
+                if rank in seen:
+                    seen[rank].append(position)
+                else:
+                    seen[rank] = [position]
+                    heapq.heappush(queue, rank)
+
+        while queue:
+            rank = heapq.heappop(queue)
+            positions = sorted(seen.pop(rank))
+            first, second = pairs[rank]
+            merged = first + second
+            for i in positions:
+                j = following[i]
+                if j == -1 or symbols[i] != first or symbols[j] != second:
+                    continue  # merged away, or overlapping a merge just made
+                symbols[i], symbols[j] = merged, None
+                k = following[i] = following[j]
+                if k != -1:
+                    preceding[k] = i
+                    note(get((merged, symbols[k])), i)
+                if preceding[i] != -1:
+                    note(get((symbols[preceding[i]], merged)), preceding[i])
+        return tuple(s for s in symbols if s is not None)
 
 
 class WordIdsCache:

@@ -1,7 +1,7 @@
 """clip_core's console scripts: argument parsing and messages only, the work is library code.
 
     clip-convert SRC DST [--to safetensors|pt|tf|flax|all] [--dtype fp32|bf16|fp16] [--overwrite]
-                 [--config CONFIG] [--hidden-act quick_gelu|gelu] [--progress | --no-progress]
+                 [--config CONFIG] [--hidden-act quick_gelu|gelu] [--verify] [--progress | --no-progress]
     clip-embed MODEL --out DIR [--images FOLDER|GLOB|SHARDS] [--texts FILE] [--backend torch|tf|flax|onnx]
                [--dtype fp32|bf16|fp16] [--batch-size N] [--num-workers N] [--shard-size N]
                [--engine local|ray] [--num-actors N] [--ray-address ADDR] [--quiet]
@@ -25,8 +25,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import warnings
 
@@ -42,8 +44,10 @@ SRC is a transformers folder (model.safetensors, pytorch_model.bin, tf_model.h5 
 flax_model.msgpack, sharded or not), a single weights file (its config from --config, from a
 config.json beside it, or inferred from the shapes), OpenAI's original CLIP state dict of a ViT
 model, or an open_clip state dict of an OpenAI-architecture model. DST becomes a folder with
-config.json, the weights, the tokenizer files and preprocessor_config.json. Tensors stream one at
-a time; DST is replaced only once the new folder is complete."""
+config.json, the weights, the tokenizer files, preprocessor_config.json and checksums.sha256.
+Tensors stream one at a time; DST is claimed (or, with --overwrite, swapped) only once the new
+folder is complete, and never replaced without --overwrite, even if it appears meanwhile. What a
+killed run left beside DST is cleared by the next one."""
 
 
 def convert_main(argv: list[str] | None = None) -> int:
@@ -65,12 +69,17 @@ def convert_main(argv: list[str] | None = None) -> int:
         choices=["quick_gelu", "gelu"],
         help="activation when the config is inferred (OpenAI: quick_gelu; most open_clip models: gelu)",
     )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check SRC against its checksums.sha256 before converting (and DST after writing it)",
+    )
     bar = parser.add_mutually_exclusive_group()
     bar.add_argument("--progress", action="store_const", const="always", dest="progress", default=True)
     bar.add_argument("--no-progress", action="store_const", const=False, dest="progress")
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _terminate_as_interrupt():
             warnings.simplefilter("ignore", UserWarning)
             summary = convert(
                 args.source,
@@ -81,12 +90,34 @@ def convert_main(argv: list[str] | None = None) -> int:
                 progress=args.progress,
                 config=args.config,
                 hidden_act=args.hidden_act,
+                verify=args.verify,
             )
-    except (CheckpointError, ConfigError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, ConfigError, ValueError, OSError) as e:
         print(f"clip-convert: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("clip-convert: interrupted; DST is as it was", file=sys.stderr)
+        return 130
     print(summary)
     return 0
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (kill, a job scheduler) ends the conversion like Ctrl-C: its clean-up runs."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # Errors that are the user's (a bad file, flag, folder, or a missing extra; CheckpointError and
@@ -580,7 +611,7 @@ def export_main(argv: list[str] | None = None) -> int:
                 overwrite=args.overwrite,
                 progress=False if args.quiet else "always",
             )
-    except (ExportError, CheckpointError, ConfigError, FileExistsError, FileNotFoundError, ImportError) as e:
+    except (ExportError, CheckpointError, ConfigError, OSError, ImportError) as e:  # OSErrors name their path
         print(f"clip-export: error: {e}", file=sys.stderr)
         return 1
     print(report)

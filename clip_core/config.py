@@ -13,10 +13,26 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from clip_core.files import atomic_write_text, resolve_file
+from clip_core.files import atomic_write_text, read_json, resolve_file
 
 CONFIG_NAME = "config.json"
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")
+MAX_CONFIG_BYTES = 4 * 2**20
+# Sanity limits: far above any CLIP (ViT-bigG: 48 layers, width 1664, MLP 8192; the largest
+# vocabularies ~250k), far below sizes that would hang or exhaust memory building the model.
+LIMITS = {
+    "num_hidden_layers": 1024,
+    "hidden_size": 65536,
+    "intermediate_size": 262144,
+    "num_attention_heads": 4096,
+    "projection_dim": 65536,
+    "vocab_size": 4_194_304,
+    "max_position_embeddings": 65536,
+    "num_channels": 64,
+    "image_size": 16384,
+    "patch_size": 16384,
+}
+MAX_PATCHES = 65536  # (image_size / patch_size) ** 2: ViT-H/14 at 518 px has 1369
 
 
 class ConfigError(ValueError):
@@ -27,6 +43,22 @@ def _check_positive(owner: str, **values: Any) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError(f"{owner}.{name} must be a positive integer, got {value!r}")
+        if value > LIMITS.get(name, value):
+            raise ConfigError(
+                f"{owner}.{name} is {value:,}, above the sanity limit {LIMITS[name]:,} "
+                "(clip_core.config.LIMITS): not a CLIP model this library can build"
+            )
+
+
+def _check_number(
+    owner: str, name: str, value: Any, low: float, high: float = math.inf, open_low=False
+) -> None:
+    """A finite real number in [low, high] ((low, high] with open_low)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if open_low else value >= low) and value <= high
+    if not ok:
+        interval = f"{'(' if open_low else '['}{low}, {high}]"
+        raise ConfigError(f"{owner}.{name} must be a finite number in {interval}, got {value!r}")
 
 
 def _check_common(owner: str, cfg: Any) -> None:
@@ -43,10 +75,12 @@ def _check_common(owner: str, cfg: Any) -> None:
             f"{owner}.hidden_size ({cfg.hidden_size}) must be divisible by "
             f"num_attention_heads ({cfg.num_attention_heads})"
         )
-    if cfg.hidden_act not in ACTIVATIONS:
+    if not isinstance(cfg.hidden_act, str) or cfg.hidden_act not in ACTIVATIONS:
         raise ConfigError(f"{owner}.hidden_act {cfg.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}")
-    if not (isinstance(cfg.layer_norm_eps, (int, float)) and cfg.layer_norm_eps > 0):
-        raise ConfigError(f"{owner}.layer_norm_eps must be a positive number, got {cfg.layer_norm_eps!r}")
+    _check_number(owner, "layer_norm_eps", cfg.layer_norm_eps, 0, 1, open_low=True)
+    _check_number(owner, "attention_dropout", cfg.attention_dropout, 0, 1)
+    _check_number(owner, "initializer_range", cfg.initializer_range, 0)
+    _check_number(owner, "initializer_factor", cfg.initializer_factor, 0)
 
 
 class _ConfigBase:
@@ -103,14 +137,19 @@ class _ConfigBase:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike):
+        """Read a config.json; every problem is a ConfigError naming the file (and the field)."""
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from None
+            data = read_json(path, MAX_CONFIG_BYTES)
+        except ValueError as e:
+            raise ConfigError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} does not hold a JSON object")
-        return cls._from_config_json(data, str(path))
+        try:
+            return cls._from_config_json(data, str(path))
+        except ConfigError as e:
+            raise ConfigError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ConfigError(f"{path}: not a valid {cls.__name__} ({type(e).__name__}: {e})") from None
 
     @classmethod
     def from_pretrained(cls, pretrained: str | os.PathLike, **overrides: Any):
@@ -163,6 +202,15 @@ class CLIPTextConfig(_ConfigBase):
         _check_positive(
             "CLIPTextConfig", vocab_size=self.vocab_size, max_position_embeddings=self.max_position_embeddings
         )
+        eos = self.eos_token_id
+        if eos is not None and (isinstance(eos, bool) or not isinstance(eos, int)):
+            raise ConfigError(f"CLIPTextConfig.eos_token_id must be an integer or null, got {eos!r}")
+        if eos is not None and eos != 2 and not 0 <= eos < self.vocab_size:
+            # pooling looks for eos_token_id in input_ids, which are < vocab_size: it would never find it
+            raise ConfigError(
+                f"CLIPTextConfig.eos_token_id {eos} is outside the vocabulary (vocab_size {self.vocab_size}): "
+                "no input could contain it, so the text tower would pool at the wrong position"
+            )
 
     @property
     def uses_legacy_eos_pooling(self) -> bool:
@@ -205,6 +253,11 @@ class CLIPVisionConfig(_ConfigBase):
             raise ConfigError(
                 f"CLIPVisionConfig.image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})"
             )
+        if self.num_patches > MAX_PATCHES:
+            raise ConfigError(
+                f"CLIPVisionConfig.image_size {self.image_size} / patch_size {self.patch_size} makes "
+                f"{self.num_patches:,} patches, above the sanity limit {MAX_PATCHES:,}"
+            )
 
     @property
     def num_patches(self) -> int:
@@ -235,12 +288,8 @@ class CLIPConfig(_ConfigBase):
 
     def validate(self) -> None:
         _check_positive("CLIPConfig", projection_dim=self.projection_dim)
-        if not isinstance(self.logit_scale_init_value, (int, float)) or not math.isfinite(
-            self.logit_scale_init_value
-        ):
-            raise ConfigError(
-                f"CLIPConfig.logit_scale_init_value must be a finite number, got {self.logit_scale_init_value!r}"
-            )
+        _check_number("CLIPConfig", "logit_scale_init_value", self.logit_scale_init_value, -math.inf)
+        _check_number("CLIPConfig", "initializer_factor", self.initializer_factor, 0)
         if not isinstance(self.text_config, CLIPTextConfig) or not isinstance(
             self.vision_config, CLIPVisionConfig
         ):

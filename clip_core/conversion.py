@@ -14,15 +14,25 @@ The conversion streams: ``open_source`` opens the source lazily and checks its n
 against the config (``clip_core.names.fit_problems``) before reading any tensor;
 ``ConvertingView`` renames, re-lays out and casts each tensor on its way to the writers
 (``clip_core.formats.save_checkpoint``), so memory holds about one tensor (plus the source file's
-own index), not the model. Everything is written into a hidden sibling folder that replaces DST
-only once complete: a failure leaves DST as it was.
+own index), not the model.
+
+Everything is written into a hidden sibling folder (``.DST.converting-<owner>.<random>``), with a
+checksum manifest (``checksums.sha256``), and moved into place only once complete:
+- without ``overwrite`` DST is claimed by a rename that never replaces anything (renameat2's
+  RENAME_NOREPLACE; elsewhere a mkdir claim): a DST that appeared meanwhile is left alone and the
+  conversion fails with FileExistsError;
+- with ``overwrite`` the new folder and DST are swapped in one step (RENAME_EXCHANGE); where the file
+  system cannot, by two renames, the old copy parked as ``.DST.old-<owner>.<random>``;
+- a failure (a full disk: an OSError naming DST) removes the hidden folder and leaves DST as it was;
+- what killed runs left beside DST is found by its owner's pid, host and age: removed when the run
+  is dead (a parked old copy is put back if DST is missing), reported in the summary's notes
+  otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -30,9 +40,20 @@ from collections.abc import Callable
 import numpy as np
 
 from clip_core.config import ConfigError
-from clip_core.files import atomic_folder, check_destination
+from clip_core.files import (
+    atomic_copy,
+    clear_dead_runs,
+    fsync_dir,
+    make_dirs,
+    make_temporary_dir,
+    move_into_place,
+    remove_created,
+    remove_path,
+    with_path,
+)
+from clip_core.folder_save import MANIFEST, read_manifest, verify_files, write_manifest
 from clip_core.formats import find_weights_file, format_names, open_checkpoint, save_checkpoint
-from clip_core.formats.base import CheckpointReader, extended_dtype, is_floating, nbytes
+from clip_core.formats.base import CheckpointReader, extended_dtype, is_floating, nbytes, read_index
 from clip_core.names import (
     CANONICAL_ROOTS,
     CheckpointError,
@@ -246,7 +267,7 @@ def _write_extras(src: Source, folder: str, notes: list[str]) -> None:
     from_folder = [f for f in TOKENIZER_FILES if src.folder and os.path.isfile(os.path.join(src.folder, f))]
     if from_folder:
         for f in from_folder:
-            shutil.copyfile(os.path.join(src.folder, f), os.path.join(folder, f))
+            atomic_copy(os.path.join(src.folder, f), os.path.join(folder, f))
     else:
         from clip_core.tokenization_fast import CLIPTokenizerFast
 
@@ -258,7 +279,7 @@ def _write_extras(src: Source, folder: str, notes: list[str]) -> None:
                 f"{vocab.vocab_size} token embeddings"
             )
     if src.folder and os.path.isfile(os.path.join(src.folder, PREPROCESSOR_FILE)):
-        shutil.copyfile(os.path.join(src.folder, PREPROCESSOR_FILE), os.path.join(folder, PREPROCESSOR_FILE))
+        atomic_copy(os.path.join(src.folder, PREPROCESSOR_FILE), os.path.join(folder, PREPROCESSOR_FILE))
     else:
         from clip_core.image_processing import CLIPImageProcessor
 
@@ -291,6 +312,28 @@ def _progress_bar(total: int, progress):
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting", file=sys.stderr)
 
 
+def _has_manifest(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, MANIFEST))  # written last: the folder is complete
+
+
+def source_files(source: str) -> tuple[str, list[str]]:
+    """(folder, names): the files of ``source`` a conversion reads (config, weights or index and shards)."""
+    path = find_weights_file(source) if os.path.isdir(source) else source
+    folder = os.path.dirname(os.path.abspath(path))
+    names = [os.path.basename(path)]
+    if path.endswith(".index.json"):
+        names += sorted(set(read_index(path).values()))
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        names.append("config.json")
+    return folder, names
+
+
+def verify_source(source: str) -> None:
+    """The files a conversion reads, and every file the manifest lists, against checksums.sha256."""
+    folder, names = source_files(source)
+    verify_files(folder, sorted(set(names) | set(read_manifest(folder))))
+
+
 def convert(
     source: str | os.PathLike,
     destination: str | os.PathLike,
@@ -300,13 +343,15 @@ def convert(
     progress=True,
     config: str | os.PathLike | None = None,
     hidden_act: str = "quick_gelu",
+    verify: bool = False,
 ) -> ConversionSummary:
     """Convert ``source`` into the transformers folder ``destination``; see the module docstring.
 
     formats: any of "safetensors", "pt", "tf", "flax" or "all". dtype: None (keep), "fp32",
     "bf16" or "fp16" (floating tensors only). progress: True shows a bar on a terminal,
     "always" everywhere, False never. config: a config.json (or folder) to use instead of the
-    source's own or an inferred one.
+    source's own or an inferred one. verify: check the source against its checksums.sha256 before
+    reading it (CheckpointError if it has none or a file differs), and the written folder after.
     """
     start = time.perf_counter()
     source, destination = os.fspath(source), os.path.abspath(os.fspath(destination))
@@ -314,10 +359,53 @@ def convert(
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: choose from fp32, bf16, fp16")
     target_dtype = DTYPES[dtype]
-    check_destination(destination, overwrite)  # before reading the source
+    parent, base = os.path.split(destination)
+    created = []
+    try:
+        created = make_dirs(parent)
+        notes = clear_dead_runs(parent, base, destination, complete=_has_manifest)
+    except OSError as e:
+        remove_created(created)
+        raise with_path(e, destination) from e
+    try:
+        return _convert_into(
+            source,
+            destination,
+            fmts,
+            target_dtype,
+            overwrite,
+            progress,
+            config,
+            hidden_act,
+            verify,
+            notes,
+            start,
+        )
+    except BaseException:
+        remove_created(created)  # folders made for DST's parent, if nothing came of it
+        raise
+
+
+def _convert_into(
+    source, destination, fmts, target_dtype, overwrite, progress, config, hidden_act, verify, notes, start
+):
+    """convert() once DST's parent exists and dead runs' leftovers are cleared."""
+    parent, base = os.path.split(destination)
+    if os.path.lexists(destination):
+        if not os.path.isdir(destination):
+            raise FileExistsError(f"{destination} exists and is not a folder")
+        if not overwrite:
+            raise FileExistsError(f"{destination} exists; pass overwrite=True (--overwrite) to replace it")
+    if verify:
+        verify_source(source)
     src = open_source(source, None if config is None else os.fspath(config), hidden_act)
-    notes = list(src.notes)
-    with atomic_folder(destination, overwrite) as tmp:
+    notes += src.notes
+    try:
+        tmp = make_temporary_dir(parent, f".{base}.converting-")
+    except OSError as e:
+        src.reader.close()
+        raise with_path(e, destination) from e
+    try:
         with src.reader:
             view = ConvertingView(src.reader, target_dtype, names=src.names)
             infos = {n: view.info(n) for n in view.keys()}
@@ -336,6 +424,17 @@ def convert(
         _write_config(src, tmp, target_dtype)
         _write_extras(src, tmp, notes)
         written = sum(os.path.getsize(p) for p in weight_files)
+        names = sorted(os.listdir(tmp))
+        write_manifest(tmp, names)
+        if verify:
+            verify_files(tmp, names)
+        fsync_dir(tmp)
+        move_into_place(tmp, destination, overwrite)
+    except BaseException as e:
+        remove_path(tmp)
+        if isinstance(e, OSError) and not isinstance(e, FileExistsError):
+            raise with_path(e, destination) from e
+        raise
     return ConversionSummary(
         source=source,
         destination=destination,

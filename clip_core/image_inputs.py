@@ -9,17 +9,49 @@ or lists of these) as one image with a known layout, before anything is resized.
 
 transformers 4.57.6 reads a PIL image 1 or 3 pixels high as a channels-first array; we never ask a PIL
 image for its layout.
+
+Limits, checked before anything is decoded or allocated: an image (file, PIL image or array) may hold
+at most ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (PIL's decompression-bomb limit, 89,478,485 by default;
+None lifts it), and the resize may not make more than ``MAX_RESIZED_PIXELS`` (a 1 x 10,000 image
+resized to a 224 short edge would be 224 x 2,240,000). A file PIL cannot read is a ValueError naming
+it. NaN / infinity, and values outside [0, 255] where PIL's RGB conversion would clip them (16-bit
+and 32-bit integer images, float images), are refused alike for PIL images and arrays.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from PIL import Image
 
 CHANNELS_FIRST = "channels_first"
 CHANNELS_LAST = "channels_last"
+MAX_RESIZED_PIXELS = 2**25  # 33.5 Mpx: 224 x 149,796, or 5792 x 5792
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # PIL's convert("RGB") clips these to [0, 255]
+
+
+def check_pixels(height: int, width: int, what: str) -> None:
+    """ValueError if an image of ``height`` x ``width`` exceeds PIL's decompression-bomb limit."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and height * width > limit:
+        raise ValueError(
+            f"{what} has {width} x {height} = {height * width:,} pixels, over the limit of {limit:,} "
+            "(PIL.Image.MAX_IMAGE_PIXELS; a decompression bomb?): refused before decoding it. Raise the "
+            "limit only for images you trust"
+        )
+
+
+def check_resize(height: int, width: int, resized: tuple[int, int]) -> None:
+    """ValueError if resizing ``height`` x ``width`` to ``resized`` makes more than MAX_RESIZED_PIXELS."""
+    if resized[0] * resized[1] > MAX_RESIZED_PIXELS:
+        ratio = max(height, width) / max(1, min(height, width))
+        raise ValueError(
+            f"resizing a {width} x {height} image (aspect ratio 1:{ratio:.0f}) to {resized[1]} x {resized[0]} "
+            f"would make {resized[0] * resized[1]:,} pixels, over the limit of {MAX_RESIZED_PIXELS:,} "
+            "(clip_core.image_inputs.MAX_RESIZED_PIXELS): crop such an image first"
+        )
 
 
 def channel_format(value, name: str) -> str | None:
@@ -65,13 +97,23 @@ def _open_path(path) -> Image.Image:
         raise ValueError(
             f"image path {path!r} is not an existing file (URLs are not fetched: download first)"
         )
-    with Image.open(path) as image:
-        image.load()
-        return (
-            image.copy()
-            if image.mode != "P"
-            else image.convert("RGBA" if "transparency" in image.info else "RGB")
-        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            with Image.open(path) as image:
+                check_pixels(image.height, image.width, path)
+                image.load()
+                return (
+                    image.copy()
+                    if image.mode != "P"
+                    else image.convert("RGBA" if "transparency" in image.info else "RGB")
+                )
+    except ValueError as e:
+        if path in str(e):
+            raise
+        raise ValueError(f"cannot read the image {path}: {e}") from None
+    except Exception as e:  # PIL raises many types on a damaged file (OSError, SyntaxError, EOFError, ...)
+        raise ValueError(f"cannot read the image {path}: {type(e).__name__}: {e}") from None
 
 
 def _infer_channels_last(shape: tuple[int, ...], input_data_format: str | None) -> bool:
@@ -113,6 +155,7 @@ def _as_hwc(array: np.ndarray, input_data_format: str | None) -> tuple[np.ndarra
             array = array.transpose(1, 2, 0)
     else:
         raise ValueError(f"an image must have 2 or 3 dimensions (a batch 4), got shape {array.shape}")
+    check_pixels(array.shape[0], array.shape[1], f"an image of shape {array.shape}")
     if array.size == 0:
         raise ValueError(f"image has zero size: shape {array.shape} (as height, width, channels)")
     if array.dtype == np.bool_:
@@ -143,7 +186,10 @@ def _pil_for_processing(image: Image.Image, do_convert_rgb: bool) -> Image.Image
     """A PIL image PIL can resize as is (RGB, L), else its pixels as an (H, W, C) array."""
     if image.width == 0 or image.height == 0:
         raise ValueError(f"image has zero size: {image.width}x{image.height} (width x height)")
+    check_pixels(image.height, image.width, f"a {image.mode} image")
     if do_convert_rgb:
+        if image.mode in _WIDE_MODES:
+            _check_wide(image)
         return image if image.mode == "RGB" else image.convert("RGB")
     if image.mode in ("RGB", "L"):
         return image
@@ -154,6 +200,18 @@ def _pil_for_processing(image: Image.Image, do_convert_rgb: bool) -> Image.Image
     # RGBA and LA are resized channel by channel (image_transforms): PIL would premultiply alpha and
     # change the colours.
     return _as_hwc(np.asarray(image), CHANNELS_LAST)[0]
+
+
+def _check_wide(image: Image.Image) -> None:
+    """What arrays get: NaN / inf refused, and values PIL's convert("RGB") would clip to [0, 255]."""
+    if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
+        raise ValueError("image contains NaN or infinite values")
+    low, high = image.getextrema()
+    if low < 0 or high > 255:
+        raise ValueError(
+            f"a mode {image.mode} image with values in [{low}, {high}]: values must lie in [0, 255] (PIL's RGB "
+            "conversion would clip them); scale it to 8 bits first, e.g. np.asarray(image) // 257 for 16 bits"
+        )
 
 
 def read_image(
@@ -212,4 +270,13 @@ def make_image_list(images) -> list:
     return [images]
 
 
-__all__ = ["CHANNELS_FIRST", "CHANNELS_LAST", "channel_format", "make_image_list", "read_image"]
+__all__ = [
+    "CHANNELS_FIRST",
+    "CHANNELS_LAST",
+    "MAX_RESIZED_PIXELS",
+    "channel_format",
+    "check_pixels",
+    "check_resize",
+    "make_image_list",
+    "read_image",
+]

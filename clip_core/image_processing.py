@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .files import atomic_write_text, resolve_file
+from .files import atomic_write_text, read_json, resolve_file
 from .image_inputs import CHANNELS_FIRST, channel_format, make_image_list
 from .image_transforms import Plan, process_image, process_images, resized_hw
 from .tensors import BatchFeature, tensor_type_name, to_framework
@@ -37,6 +37,7 @@ IMAGE_PROCESSOR_NAME = "preprocessor_config.json"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BICUBIC = 3  # PIL.Image.Resampling.BICUBIC; transformers stores the plain int in its json
+MAX_SIZE = 8192  # sanity limit on size / crop_size values (CLIP models use 224 to 560)
 
 _VALID_SIZE_KEYS = (
     {"height", "width"},
@@ -84,6 +85,8 @@ def get_size_dict(size, *, default_to_square: bool, param_name: str) -> dict[str
     for key, value in size.items():
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{param_name}[{key!r}] must be a positive int, got {value!r}")
+        if value > MAX_SIZE:
+            raise ValueError(f"{param_name}[{key!r}] is {value:,}, above the sanity limit {MAX_SIZE:,}")
     return {key: int(value) for key, value in size.items()}
 
 
@@ -296,14 +299,13 @@ class CLIPImageProcessor:
 
         Keyword arguments override the file's values (``size={"shortest_edge": 336}``)."""
         path = resolve_file(pretrained_model_name_or_path, IMAGE_PROCESSOR_NAME)
-        with open(path, encoding="utf-8") as f:
-            try:
-                config = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} is not valid JSON: {e}") from None
+        config = read_json(path)  # ValueError naming the file if it is not JSON, too large or too deep
         if not isinstance(config, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
-        return cls.from_dict(config, **kwargs)
+        try:
+            return cls.from_dict(config, **kwargs)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .image_inputs import CHANNELS_FIRST, read_image
+from .image_inputs import CHANNELS_FIRST, check_resize, read_image
 
 # --------------------------------------------------------------------------------------------------
 # The settings of one call
@@ -218,16 +218,16 @@ def _process_one(image, plan: Plan, out: np.ndarray | None) -> np.ndarray:
 
     pre_scale = None
     if plan.do_resize:
+        height, width = (source.height, source.width) if isinstance(source, Image.Image) else source.shape[:2]
+        hw = resized_hw(height, width, plan.size)
+        check_resize(height, width, hw)  # before anything that size is allocated
         if isinstance(source, Image.Image):
-            hw = resized_hw(source.height, source.width, plan.size)
-            resized = (
-                source if hw == (source.height, source.width) else source.resize(hw[::-1], plan.resample)
-            )
+            resized = source if hw == (height, width) else source.resize(hw[::-1], plan.resample)
             pixels = np.asarray(resized)
             pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
         else:
             pixels, scaled_up = _uint8_for_resize(source)
-            pixels = _resize_uint8(pixels, resized_hw(*pixels.shape[:2], plan.size), plan.resample)
+            pixels = _resize_uint8(pixels, hw, plan.resample)
             pre_scale = 1 / 255 if scaled_up else None
     else:
         pixels = np.asarray(source) if isinstance(source, Image.Image) else source

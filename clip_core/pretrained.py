@@ -22,9 +22,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from clip_core.config import CLIPConfig
+from clip_core.files import resolve_file
+from clip_core.folder_save import check_folder, verify_files
 from clip_core.modeling_utils import as_config
-from clip_core.names import model_kind, select_for_model
-from clip_core.weights import load_state_dict, save_state_dict
+from clip_core.names import CheckpointError, canonical_shapes, fit_problems, model_kind, select_for_model
+from clip_core.weights import open_checkpoint, save_folder
 
 
 def load_config(pretrained: str | os.PathLike, kind: str):
@@ -32,25 +34,38 @@ def load_config(pretrained: str | os.PathLike, kind: str):
     return model_kind(kind).config_class.from_pretrained(pretrained)
 
 
-def load_pretrained(pretrained: str | os.PathLike, kind: str, config=None):
-    """(config, state) for a model of ``kind``: state holds exactly its canonical tensors, checked."""
+def load_pretrained(pretrained: str | os.PathLike, kind: str, config=None, verify: bool = False):
+    """(config, state) for a model of ``kind``: state holds exactly its canonical tensors, checked.
+
+    Names and shapes are checked against the config before any tensor is read, and only the tensors
+    the model takes are read. verify: compare config.json and the weights with the folder's
+    checksums.sha256 first. A folder left mid-save is refused (clip_core.folder_save)."""
+    if os.path.isdir(pretrained):
+        check_folder(pretrained)
     if config is None:
+        if verify:
+            path = resolve_file(pretrained, "config.json")
+            verify_files(os.path.dirname(path), [os.path.basename(path)])
         config = load_config(pretrained, kind)
     else:
         config = as_config(config, model_kind(kind).config_class)
-    state = load_state_dict(pretrained)
+    with open_checkpoint(pretrained, verify=verify) as reader:
+        problems = fit_problems({name: reader.info(name)[0] for name in reader}, config, kind)
+        if problems:
+            raise CheckpointError(f"{reader.path} does not fit the model ({kind}): " + " | ".join(problems))
+        state = {name: reader[name] for name in canonical_shapes(config, kind)}
     return config, select_for_model(state, config, kind)
 
 
 def save_pretrained(
     folder: str | os.PathLike, config, state: Mapping[str, np.ndarray], **save_kwargs
 ) -> list[str]:
-    """Write config.json and the weights; each file lands atomically."""
+    """Write config.json and the weights as one save: all of them land, or none (a crash leaves the
+    old files, or a folder the loaders refuse until the save is finished; see clip_core.folder_save),
+    with a checksums.sha256 listing them."""
     if os.path.isfile(folder):
         raise ValueError(f"save_pretrained expects a folder, got the file {folder}")
-    os.makedirs(folder, exist_ok=True)
-    written = save_state_dict(state, folder, **save_kwargs)
-    return written + [config.save_pretrained(folder)]
+    return save_folder(folder, state, config=config, **save_kwargs)
 
 
 class PretrainedModelMixin:
@@ -75,8 +90,9 @@ class PretrainedModelMixin:
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
         """A model with the weights of a checkpoint folder (config.json + model.safetensors,
         pytorch_model.bin, tf_model.h5 or flax_model.msgpack, sharded or not) or a cached Hub id."""
+        verify = kwargs.pop("verify", False)  # compare with the folder's checksums.sha256 first
         model_args, kwargs = cls._loading_options(*model_args, **kwargs)  # bad options fail before any read
-        config, state = load_pretrained(pretrained_model_name_or_path, cls.model_kind, config)
+        config, state = load_pretrained(pretrained_model_name_or_path, cls.model_kind, config, verify=verify)
         model = cls._for_loading(config, *model_args, **kwargs)
         model._assign_canonical_state(state)
         return model._after_loading()

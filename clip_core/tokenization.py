@@ -42,7 +42,7 @@ from .bpe_vocab import (
     read_vocab_files,
     write_vocab_files,
 )
-from .files import atomic_write_text, resolve_folder
+from .files import atomic_write_text, read_json, resolve_folder
 from .tensors import BatchEncoding
 from .tensors import as_tensor as as_tensor  # re-exported: it lived here
 
@@ -118,8 +118,10 @@ def _gc_paused():
 def _read_json(path: str) -> dict:
     if not os.path.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    value = read_json(path)  # ValueError naming the file if it is not JSON, too large or too deep
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _token_content(value):

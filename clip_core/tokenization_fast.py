@@ -29,7 +29,7 @@ from .bpe_vocab import (
     openai_vocab,
     read_vocab_files,
 )
-from .files import atomic_copy, atomic_path
+from .files import atomic_copy, atomic_write_text
 from .tokenization import _CLIPTokenizerBase
 
 _CLIP_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
@@ -212,10 +212,13 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
         return cls(vocab_file, merges_file, **{**config, **kwargs})
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
-        """vocab.json and merges.txt, written by the library's BPE model (then moved into place atomically)."""
+        """vocab.json and merges.txt, written by the library's BPE model (then moved into place atomically).
+
+        The library writes them into the system's temporary folder, so that a write error in
+        ``save_directory`` is Python's own OSError naming the file (and a crash leaves nothing there)."""
         if not os.path.isdir(save_directory):
             raise ValueError(f"vocabulary folder {save_directory!r} does not exist")
-        with tempfile.TemporaryDirectory(dir=save_directory, prefix=".vocab-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="clip-vocab-") as tmp:
             written = []
             for path in self._backend.model.save(tmp, filename_prefix):
                 target = os.path.join(save_directory, os.path.basename(path))
@@ -227,8 +230,7 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
         os.makedirs(save_directory, exist_ok=True)
         configs = self._write_configs(save_directory, "CLIPTokenizer")
         tokenizer_file = os.path.join(save_directory, "tokenizer.json")
-        with atomic_path(tokenizer_file) as tmp:
-            self._backend.save(tmp)
+        atomic_write_text(tokenizer_file, self._backend.to_str(pretty=True))  # what Tokenizer.save writes
         return (*configs, tokenizer_file, *self.save_vocabulary(save_directory))
 
     # ----- text -> ids ----------------------------------------------------------------------------

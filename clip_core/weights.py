@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from clip_core import formats as checkpoint_formats
+from clip_core.folder_save import FolderSave
 from clip_core.formats.safetensors_format import SafetensorsReader, write_safetensors_file
 from clip_core.layouts import (  # noqa: F401 - the weights API in one import
     canonical_name_from_flax,
@@ -80,21 +81,25 @@ def write_safetensors(state: Mapping[str, np.ndarray], path: str | os.PathLike) 
 # Whole checkpoints (the formats themselves live in clip_core.formats)
 
 
-def open_checkpoint(pretrained: str | os.PathLike, cache_dir: str | None = None):
+def open_checkpoint(pretrained: str | os.PathLike, cache_dir: str | None = None, verify: bool = False):
     """Lazy reader (Mapping name -> array, ``.info(name)``) over any supported checkpoint.
 
     Use it as a context manager to close the file; see clip_core.formats.open_checkpoint.
     """
-    return checkpoint_formats.open_checkpoint(pretrained, cache_dir=cache_dir)
+    return checkpoint_formats.open_checkpoint(pretrained, cache_dir=cache_dir, verify=verify)
 
 
-def load_state_dict(pretrained: str | os.PathLike, cache_dir: str | None = None) -> dict[str, np.ndarray]:
+def load_state_dict(
+    pretrained: str | os.PathLike, cache_dir: str | None = None, verify: bool = False
+) -> dict[str, np.ndarray]:
     """Canonical tensors (torch names and layout) from a folder, a weights file or a Hub id.
 
     A folder is read in this preference: model.safetensors, its sharded index, pytorch_model.bin
     (only through torch.load(weights_only=True)), its index, tf_model.h5, flax_model.msgpack.
+    verify: compare the files with the folder's checksums.sha256 first (CheckpointError if it is
+    missing or any file differs).
     """
-    with open_checkpoint(pretrained, cache_dir=cache_dir) as reader:
+    with open_checkpoint(pretrained, cache_dir=cache_dir, verify=verify) as reader:
         return {name: reader[name] for name in reader}
 
 
@@ -108,8 +113,21 @@ def save_state_dict(
     """Write ``state`` into ``folder`` in each of ``formats``; returns the paths written.
 
     formats: "safetensors", "pytorch", "tf", "flax". model_kind ("clip", "text", "vision", ...;
-    default inferred from the names) names the Keras model in tf_model.h5. Each file is atomic.
+    default inferred from the names) names the Keras model in tf_model.h5. The files land together
+    or not at all (clip_core.folder_save); a checksum manifest already there is updated.
     """
-    return checkpoint_formats.save_checkpoint(
-        state, folder, formats, model_kind=model_kind, max_shard_size=max_shard_size
-    )
+    return save_folder(folder, state, formats=formats, model_kind=model_kind, max_shard_size=max_shard_size)
+
+
+def save_folder(folder: str | os.PathLike, state: Mapping, config=None, **save_kwargs) -> list[str]:
+    """The weights (and ``config.json`` when ``config`` is given) as one all-or-nothing save.
+
+    With a config the folder gets a new checksums.sha256 listing exactly these files; without one an
+    existing manifest is updated. Returns the paths written (weights first, then config.json)."""
+    with FolderSave(folder, manifest="write" if config is not None else "update") as save:
+        written = checkpoint_formats.save_checkpoint(state, save.staging, **save_kwargs)
+        names = [os.path.basename(p) for p in written]
+        if config is not None:
+            names.append(os.path.basename(config.save_pretrained(save.staging)))
+        save.supersede(checkpoint_formats.superseded_files(save.folder, names))
+    return [os.path.join(save.folder, name) for name in names]

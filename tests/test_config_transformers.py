@@ -29,10 +29,13 @@ def random_tower(rng, text):
         projection_dim=rng.randint(1, 64),
     )
     if text:
+        vocab_size = rng.randint(10, 1000)
         fields.update(
-            vocab_size=rng.randint(10, 1000),
+            vocab_size=vocab_size,
             max_position_embeddings=rng.randint(4, 80),
-            eos_token_id=rng.choice([2, 49407, 7]),  # 2: legacy argmax pooling
+            eos_token_id=rng.choice(
+                [2, vocab_size - 1, 7]
+            ),  # 2: legacy argmax pooling; within the vocabulary
             pad_token_id=rng.choice([0, 1]),
         )
     else:

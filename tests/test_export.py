@@ -261,6 +261,9 @@ def test_bad_model_and_existing_out_are_clear_errors(source, tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     assert export_main([source, str(tmp_path / "taken"), "--to", "onnx", "--quiet"]) == 1
     assert "--overwrite" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")  # an OSError (here NotADirectoryError) names the path
+    assert export_main([source, str(tmp_path / "a-file" / "sub" / "out"), "--to", "onnx", "--quiet"]) == 1
+    assert capsys.readouterr().err.startswith(f"clip-export: error: [Errno 20] Not a directory: '{tmp_path}")
     with pytest.raises(ExportError, match="unknown export format 'pt'"):
         export_options("pt")
 

@@ -138,6 +138,20 @@ def test_reads_transformers_sharded_safetensors_and_bin(refs, tmp_path):
         assert_same_state(load_state_dict(tmp_path / folder), refs["clip"]["state"])
 
 
+def test_reads_transformers_sharded_tf_and_flax(refs, tmp_path):
+    """Their indexes name TF weights / Flax paths; each is checked against its shard's tensors."""
+    from transformers.modeling_tf_utils import keras as hf_keras
+
+    hf_keras.backend.clear_session()
+    tf_model = transformers.TFCLIPModel.from_pretrained(refs["clip"]["safe"], from_pt=True)
+    tf_model.save_pretrained(tmp_path / "tf", max_shard_size="60KB", safe_serialization=False)
+    flax_model = transformers.FlaxCLIPModel.from_pretrained(refs["clip"]["safe"], from_pt=True)
+    flax_model.save_pretrained(tmp_path / "flax", max_shard_size="60KB")
+    for folder, index in (("tf", "tf_model.h5.index.json"), ("flax", "flax_model.msgpack.index.json")):
+        assert (tmp_path / folder / index).is_file()
+        assert_same_state(load_state_dict(tmp_path / folder), refs["clip"]["state"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Writers: transformers loads what we write
 

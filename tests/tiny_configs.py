@@ -110,6 +110,8 @@ WIDE = dict(
         num_attention_heads=4,
         max_position_embeddings=64,
         vocab_size=1000,
+        bos_token_id=998,
+        eos_token_id=999,  # inside the vocabulary (a config saying 49407 here is refused)
     ),
     vision_config=dict(
         hidden_size=64,

@@ -333,6 +333,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from clip_core.conversion import convert
+    from clip_core.files import atomic_folder
 
     if args.evaluate_only:
         return evaluate_again(args)
@@ -346,9 +347,8 @@ def main(argv=None) -> int:
         with open(os.path.join(staged, "training.json"), "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1)
             f.write("\n")
-        if os.path.isdir(args.out):
-            shutil.rmtree(args.out)
-        shutil.copytree(staged, args.out)
+        with atomic_folder(args.out, overwrite=True) as folder:  # the old folder stays until this is complete
+            shutil.copytree(staged, folder, dirs_exist_ok=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(every, ignore_errors=True)

@@ -10,6 +10,10 @@ names to numpy arrays in torch layout, with ``info(name)``) for a folder, a weig
 ``save_checkpoint(state, folder, formats)`` writes any Mapping of canonical arrays (a reader too,
 so a conversion streams tensor by tensor); both ``clip_core.weights.save_state_dict`` and the
 converter write through it.
+
+Every reader refuses a corrupt file with a CheckpointError naming it (and the tensor); a folder
+left mid-commit by a save (``clip_core.folder_save``) is refused before anything is read, and
+``verify=True`` compares the files read with the folder's checksum manifest first.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import os
 from collections.abc import Mapping, Sequence
 
 from clip_core.files import find_file, resolve_file
-from clip_core.formats.base import CheckpointReader, parse_size, read_index
+from clip_core.folder_save import check_folder, verify_files
+from clip_core.formats.base import CheckpointReader, parse_size, read_index, superseded_in, weights_family
 from clip_core.formats.h5_format import TF_MODEL_NAMES, open_h5, save_h5
 from clip_core.formats.msgpack_format import open_msgpack, save_msgpack
 from clip_core.formats.safetensors_format import open_safetensors, save_safetensors
@@ -35,6 +40,7 @@ __all__ = [
     "infer_model_kind",
     "open_checkpoint",
     "save_checkpoint",
+    "superseded_files",
 ]
 
 # Preferred first: safetensors needs nothing but numpy and runs no code; then transformers' order.
@@ -127,11 +133,34 @@ def find_weights_file(pretrained: str, cache_dir: str | None = None) -> str:
     raise FileNotFoundError(f"no weights file in {pretrained} (looked for {', '.join(WEIGHTS_FILES)})")
 
 
-def open_checkpoint(pretrained: str | os.PathLike, cache_dir: str | None = None) -> CheckpointReader:
-    """Lazy reader for a folder, a weights file (or shard index), or a Hub id (through its cache)."""
+def open_checkpoint(
+    pretrained: str | os.PathLike, cache_dir: str | None = None, verify: bool = False
+) -> CheckpointReader:
+    """Lazy reader for a folder, a weights file (or shard index), or a Hub id (through its cache).
+
+    verify: first compare the weights file (the index and every shard) with the folder's
+    checksums.sha256; a missing manifest or any difference is a CheckpointError."""
     pretrained = os.fspath(pretrained)
     path = pretrained if os.path.isfile(pretrained) else find_weights_file(pretrained, cache_dir)
+    folder = os.path.dirname(os.path.abspath(path))
+    check_folder(folder)
+    if verify:
+        files = [os.path.basename(path)]
+        if path.endswith(".index.json"):
+            files += sorted(set(read_index(path).values()))
+        verify_files(folder, files)
     return _opener(path)(path)
+
+
+def superseded_files(folder: str | os.PathLike, written) -> list[str]:
+    """Weight files in ``folder`` that a save of the files named ``written`` makes stale: in each
+    format written, the shards, index or single file of an earlier save."""
+    written = [os.path.basename(os.fspath(w)) for w in written]
+    stale: list[str] = []
+    for filename in WEIGHTS_FILES[::2]:  # the single-file names
+        if any(n == filename or weights_family(filename).match(n) for n in written):
+            stale += superseded_in(os.fspath(folder), filename, written)
+    return stale
 
 
 def save_checkpoint(

@@ -12,6 +12,7 @@ classes); ``save_maybe_sharded`` / ``ShardedReader`` handle transformers' shards
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from clip_core.files import atomic_write_text
+from clip_core.files import atomic_write_text, read_json
 from clip_core.names import CheckpointError, parameter_names
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"  # transformers' default
@@ -31,6 +32,11 @@ class CheckpointReader(Mapping):
 
     def __init__(self, path: str):
         self.path = path
+
+    @staticmethod
+    def canonical_name(stored: str) -> str:
+        """The canonical name of a tensor stored as ``stored`` (as a shard index lists it)."""
+        return stored
 
     # Subclasses implement these three.
     def keys(self):  # noqa: D401 - Mapping API
@@ -50,11 +56,20 @@ class CheckpointReader(Mapping):
         if name not in self.keys():
             raise KeyError(f"{name} is not in {self.path}")
         try:
-            return self.get_tensor(name)
-        except CheckpointError:
-            raise
+            array = self.get_tensor(name)
+            if not isinstance(array, np.ndarray) or not (
+                is_floating(array.dtype) or array.dtype.kind in "biu"
+            ):
+                raise ValueError(
+                    f"got {type(array).__name__} {getattr(array, 'dtype', '')}, not an array of numbers"
+                )
+            return array
+        except CheckpointError as e:
+            raise e if self.path in str(e) else CheckpointError(f"{self.path}: {e}") from None
         except Exception as e:  # a truncated or corrupt tensor: say which file and which tensor
-            raise CheckpointError(f"{self.path}: cannot read tensor {name}: {e}") from None
+            raise CheckpointError(
+                f"{self.path}: cannot read tensor {name}: {type(e).__name__}: {e}"
+            ) from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self.keys()))
@@ -73,6 +88,33 @@ class CheckpointReader(Mapping):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r}, {len(self)} tensors)"
+
+
+def reports_errors(info):
+    """For a reader's ``info(name)``: an unknown name is a KeyError; a shape that is not a tuple of
+    counts, a dtype that is not a number, or anything a corrupt file makes the format's code raise is
+    a CheckpointError naming the file and the tensor."""
+
+    @functools.wraps(info)
+    def checked(self, name):
+        if name not in self.keys():
+            raise KeyError(f"{name} is not in {self.path}")
+        try:
+            shape, dtype = info(self, name)
+            shape, dtype = tuple(shape), np.dtype(dtype)
+            if not all(isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 0 for d in shape):
+                raise ValueError(f"shape {shape} is not a tuple of sizes")
+            if not (is_floating(dtype) or dtype.kind in "biu"):
+                raise ValueError(f"dtype {dtype} is not a number type")
+            return tuple(int(d) for d in shape), dtype
+        except CheckpointError as e:
+            raise e if self.path in str(e) else CheckpointError(f"{self.path}: {e}") from None
+        except Exception as e:
+            raise CheckpointError(
+                f"{self.path}: corrupt entry for tensor {name}: {type(e).__name__}: {e}"
+            ) from None
+
+    return checked
 
 
 def tensor_info(state: Mapping, name: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -212,48 +254,107 @@ def write_index(folder: str, filename: str, weight_map: dict[str, str], total_si
     return path
 
 
+def is_plain_file_name(name) -> bool:
+    """A file name inside its folder: no separators, not hidden, not '.' or '..'."""
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and os.path.basename(name) == name
+        and "\\" not in name
+        and not name.startswith(".")
+    )
+
+
 def read_index(path: str) -> dict[str, str]:
-    """weight_map of a ``*.index.json``: tensor name (as stored) -> shard file name."""
+    """weight_map of a ``*.index.json``: tensor name (as stored) -> shard file name (in the same folder)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError("weight_map is not an object")
-        return weight_map
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        index = read_json(path)
+        if not isinstance(index, dict) or "weight_map" not in index:
+            raise ValueError("no weight_map object")
+        weight_map = index["weight_map"]
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError("weight_map is not a non-empty object")
+    except (OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a valid shard index: {e}") from None
+    for name, shard in weight_map.items():
+        if not is_plain_file_name(shard):
+            raise CheckpointError(
+                f"{path}: the shard of {name} is {shard!r}, not a file name in the index's own folder"
+            )
+    return weight_map
+
+
+def weights_family(filename: str):
+    """A regex matching ``filename``, its shards and its shard index (``model.safetensors``,
+    ``model-00001-of-00003.safetensors``, ``model.safetensors.index.json``)."""
+    stem, ext = os.path.splitext(filename)
+    return re.compile(
+        rf"^(?:{re.escape(filename)}|{re.escape(stem)}-\d{{5}}-of-\d{{5}}{re.escape(ext)}|"
+        rf"{re.escape(index_filename(filename))})$"
+    )
+
+
+def superseded_in(folder: str, filename: str, keep) -> list[str]:
+    """Files of ``filename``'s family in ``folder`` that a save writing ``keep`` (names) replaces:
+    shards or an index of an earlier save, or the single file that would win over new shards."""
+    family = weights_family(filename)
+    keep = set(keep)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return sorted(
+        n for n in names if family.match(n) and n not in keep and os.path.isfile(os.path.join(folder, n))
+    )
 
 
 def remove_stale_shards(folder: str, filename: str, keep: list[str]) -> None:
-    """After a successful save, drop shards (and an index) of an earlier save of the same format."""
-    stem, ext = os.path.splitext(filename)
-    pattern = re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}" + re.escape(ext) + "$")
-    candidates = [name for name in os.listdir(folder) if pattern.match(name)]
-    candidates.append(index_filename(filename))
-    for name in candidates:
-        path = os.path.join(folder, name)
-        if os.path.abspath(path) not in keep and os.path.isfile(path):
-            os.remove(path)
+    """After a successful save, drop shards (and an index, or the single file) of an earlier save."""
+    for name in superseded_in(folder, filename, [os.path.basename(p) for p in keep]):
+        os.remove(os.path.join(folder, name))
 
 
 class ShardedReader(CheckpointReader):
-    """Several shard readers behind one index (opening a shard reads its header, not its tensors)."""
+    """Several shard readers behind one index (opening a shard reads its header, not its tensors).
 
-    def __init__(self, index_path: str, open_shard):
+    The index is checked against the shards before anything is read: every tensor it lists must be
+    in the shard it names, and every tensor of a shard must be listed there, once."""
+
+    def __init__(self, index_path: str, open_shard, canonical_name=None):
         super().__init__(index_path)
         self._folder = os.path.dirname(os.path.abspath(index_path))
         self._open_shard = open_shard
         self._shards: dict[str, CheckpointReader] = {}
-        # Stored names may be non-canonical (TF); ask each shard for its canonical names.
-        files = sorted(set(read_index(index_path).values()))
+        canonical = canonical_name or getattr(open_shard, "canonical_name", None) or (lambda n: n)
+        listed: dict[str, str] = {}  # canonical name -> shard, as the index says
+        for stored, file in read_index(index_path).items():
+            name = canonical(stored)
+            if name in listed:
+                raise CheckpointError(f"{index_path} lists {name} twice (as {stored!r} too)")
+            listed[name] = file
         self._where: dict[str, str] = {}
         try:
-            for file in files:
+            for file in sorted(set(listed.values())):
                 for name in self._shard(file).keys():
+                    if name in self._where:
+                        raise CheckpointError(
+                            f"{index_path}: {name} is in two shards, {self._where[name]} and {file}"
+                        )
+                    if listed.get(name) != file:
+                        where = f"puts it in {listed[name]}" if name in listed else "does not list it"
+                        raise CheckpointError(
+                            f"{index_path}: shard {file} holds {name}, but the index {where}"
+                        )
                     self._where[name] = file
         except BaseException:
             self.close()  # the shards opened so far
             raise
+        missing = sorted(set(listed) - set(self._where))
+        if missing:
+            shown = ", ".join(f"{n} (in {listed[n]})" for n in missing[:5])
+            raise CheckpointError(
+                f"{index_path} lists {len(missing)} tensor(s) that their shard does not hold: {shown}"
+            )
 
     def _shard(self, file: str) -> CheckpointReader:
         if file not in self._shards:
@@ -265,6 +366,9 @@ class ShardedReader(CheckpointReader):
 
     def keys(self):
         return self._where.keys()
+
+    def shard_files(self) -> list[str]:
+        return sorted(set(self._where.values()))
 
     def info(self, name):
         return self._shard(self._where[name]).info(name)
@@ -303,8 +407,5 @@ def save_maybe_sharded(
         total = sum(nbytes(*tensor_info(state, n)) for n in names)
         written.append(write_index(folder, filename, weight_map, total))
     written = [os.path.abspath(p) for p in written]
-    remove_stale_shards(folder, filename, keep=written)
-    single = os.path.join(folder, filename)
-    if len(shards) > 1 and os.path.isfile(single):
-        os.remove(single)  # a single file would be preferred over the new shards on load
+    remove_stale_shards(folder, filename, keep=written)  # a single file would also win over new shards
     return written

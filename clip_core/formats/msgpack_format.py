@@ -27,6 +27,7 @@ from clip_core.formats.base import (
     extended_dtype,
     little_endian_bytes,
     open_maybe_sharded,
+    reports_errors,
     tensor_info,
 )
 from clip_core.layouts import (
@@ -99,11 +100,23 @@ def _ext_payload_range(buf, start: int) -> tuple[int, int, int]:
 # Reading
 
 
+def _canonical_name(path: tuple[str, ...]) -> str:
+    if path and path[0] == "params" and len(path) > 1:
+        path = path[1:]  # a tree saved with its ``params`` wrapper
+    return canonical_name_from_flax(path)
+
+
 class MsgpackReader(CheckpointReader):
+    @staticmethod
+    def canonical_name(stored: str) -> str:
+        """A shard index's key ("text_model/.../kernel") -> canonical name."""
+        return _canonical_name(tuple(stored.split("/")))
+
     def __init__(self, path: str):
         super().__init__(path)
         msgpack = _msgpack()
         self._leaves: dict[str, tuple[int, int]] = {}
+        self._buf = None
         try:
             with open(path, "rb") as f:
                 self._buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -112,9 +125,13 @@ class MsgpackReader(CheckpointReader):
                 _MemoryFile(self._buf), raw=False, strict_map_key=False, max_buffer_size=max(size, 1 << 20)
             )
             self._index_map(unpacker, unpacker.read_map_header(), ())
-        except CheckpointError:
-            raise
+            if unpacker.tell() != size:
+                raise CheckpointError(f"{path} has {size - unpacker.tell()} bytes after its map: corrupt")
         except Exception as e:
+            if self._buf is not None:
+                self._buf.close()
+            if isinstance(e, CheckpointError):
+                raise
             raise CheckpointError(
                 f"{path} is not a readable flax msgpack file: {type(e).__name__}: {e}"
             ) from None
@@ -139,9 +156,10 @@ class MsgpackReader(CheckpointReader):
                 self._add_leaf(path + (str(key),), start, unpacker.tell())
 
     def _add_leaf(self, path: tuple[str, ...], start: int, end: int) -> None:
-        if path and path[0] == "params" and len(path) > 1:
-            path = path[1:]  # a tree saved with its ``params`` wrapper
-        self._leaves[canonical_name_from_flax(path)] = (start, end)
+        name = _canonical_name(path)
+        if name in self._leaves:
+            raise CheckpointError(f"{self.path}: two entries map to the tensor {name} ({'/'.join(path)})")
+        self._leaves[name] = (start, end)
 
     def keys(self):
         return self._leaves.keys()
@@ -150,6 +168,7 @@ class MsgpackReader(CheckpointReader):
         start, end = self._leaves[name]
         return _msgpack().unpackb(self._buf[start:end], ext_hook=_ext_hook, raw=False, strict_map_key=False)
 
+    @reports_errors
     def info(self, name):
         start, end = self._leaves[name]
         if self._buf[start] in _MAP_MARKERS:  # chunked: rare (> 1 GiB); decode it

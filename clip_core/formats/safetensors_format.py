@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from clip_core.files import atomic_path
+from clip_core.files import atomic_path, parse_json
 from clip_core.formats.base import (
     DTYPES,
     CheckpointReader,
@@ -31,6 +31,7 @@ from clip_core.formats.base import (
     little_endian_bytes,
     nbytes,
     open_maybe_sharded,
+    reports_errors,
     save_maybe_sharded,
     tensor_info,
 )
@@ -54,7 +55,8 @@ class SafetensorsReader(CheckpointReader):
             raise
 
     def _read_header(self) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
-        """name -> (dtype name, shape, file offset, byte count), every entry checked."""
+        """name -> (dtype name, shape, file offset, byte count), every entry checked: the tensors
+        must tile the data exactly, as the safetensors library requires."""
         size = os.fstat(self._file.fileno()).st_size
         head = self._file.read(8)
         if len(head) < 8:
@@ -66,36 +68,49 @@ class SafetensorsReader(CheckpointReader):
                 "corrupt or truncated"
             )
         try:
-            header = json.loads(self._file.read(length))
+            header = parse_json(self._file.read(length), "its header")
             if not isinstance(header, dict):
                 raise ValueError("the header is not a JSON object")
         except ValueError as e:
             raise CheckpointError(f"{self.path} has a corrupt safetensors header: {e}") from None
-        header.pop("__metadata__", None)
+        metadata = header.pop("__metadata__", None)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise CheckpointError(f"{self.path}: __metadata__ is not a JSON object")
         start = 8 + length
         entries = {}
         for name, entry in header.items():
             try:
                 dtype = DTYPE_NAMES[entry["dtype"]]
-                shape = tuple(int(d) for d in entry["shape"])
-                begin, end = (int(o) for o in entry["data_offsets"])
+                shape = tuple(entry["shape"])
+                begin, end = entry["data_offsets"]
+                if not all(_is_count(v) for v in (*shape, begin, end)) or len(entry) != 3:
+                    raise ValueError(f"not a tensor entry: {entry}")
             except (KeyError, TypeError, ValueError) as e:
                 raise CheckpointError(f"{self.path}: corrupt header entry for {name}: {e!r}") from None
-            if end - begin != nbytes(shape, extended_dtype(dtype)) or begin < 0:
+            if end - begin != nbytes(shape, extended_dtype(dtype)):
                 raise CheckpointError(
                     f"{self.path}: {name} has offsets {begin}..{end} that do not fit {shape}"
                 )
-            if start + end > size:
-                raise CheckpointError(
-                    f"{self.path} is truncated: tensor {name} needs bytes up to {start + end}, "
-                    f"the file has {size}"
-                )
             entries[name] = (dtype, shape, start + begin, end - begin)
+        data_end = 0
+        for name, (_, _, offset, count) in sorted(entries.items(), key=lambda e: (e[1][2], e[1][3])):
+            if offset - start != data_end:
+                raise CheckpointError(
+                    f"{self.path}: {name} starts at data byte {offset - start}, not at {data_end} where the "
+                    "previous tensor ends: overlapping or misplaced tensors (corrupt header)"
+                )
+            data_end += count
+        if start + data_end != size:
+            raise CheckpointError(
+                f"{self.path} has {size - start} bytes of tensor data where its header describes {data_end}: "
+                + ("truncated" if start + data_end > size else "corrupt")
+            )
         return entries
 
     def keys(self):
         return self._entries.keys()
 
+    @reports_errors
     def info(self, name):
         dtype, shape, _, _ = self._entries[name]
         return shape, extended_dtype(dtype)
@@ -113,6 +128,10 @@ class SafetensorsReader(CheckpointReader):
 
     def close(self):
         self._file.close()
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def open_safetensors(path: str) -> CheckpointReader:
