@@ -43,7 +43,6 @@ ACTIVATIONS = activations(
     relu=tf.nn.relu,
 )
 
-# ---------------------------------------------------------------------------------------------
 # Layers built from a clip_core config (get_config / from_config), and how they are evaluated
 
 # Initial values come from clip_core's init rules (init_weights); layers start at zero.
@@ -112,7 +111,6 @@ def apply_layer_norm(norm: keras.layers.LayerNormalization, x):
     return x * scale + (_value(norm.beta, x.dtype) - mean * scale)
 
 
-# ---------------------------------------------------------------------------------------------
 # Embeddings
 
 
@@ -188,7 +186,6 @@ class CLIPVisionEmbeddings(_ConfiguredLayer):
         return tf.concat([class_token, patches], axis=1) + positions[None]
 
 
-# ---------------------------------------------------------------------------------------------
 # Attention, MLP, encoder layer, encoder
 
 
@@ -303,7 +300,6 @@ class CLIPEncoder(_ConfiguredLayer):
         return run_layers(self.layers, hidden_states, call, output_attentions, output_hidden_states)
 
 
-# ---------------------------------------------------------------------------------------------
 # Text and vision transformers
 
 
@@ -344,8 +340,8 @@ class CLIPTextTransformer(_ConfiguredLayer):
     def call(
         self,
         input_ids,
-        attention_mask=None,
-        position_ids=None,
+        attention_mask: tf.Tensor | None = None,
+        position_ids: tf.Tensor | None = None,
         output_attentions=False,
         output_hidden_states=False,
         training=False,
@@ -409,7 +405,6 @@ class CLIPVisionTransformer(_ConfiguredLayer):
         return BaseModelOutputWithPooling(last, pooled, all_hidden, attentions)
 
 
-# ---------------------------------------------------------------------------------------------
 # Loss
 
 
@@ -429,7 +424,6 @@ def l2_normalize(x):
     return x / tf.norm(x, axis=-1, keepdims=True)
 
 
-# ---------------------------------------------------------------------------------------------
 # Public classes
 
 
@@ -450,9 +444,9 @@ class _TextTower(TFCLIPPreTrainedModel):
 
     def call(
         self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
+        input_ids: tf.Tensor | None = None,
+        attention_mask: tf.Tensor | None = None,
+        position_ids: tf.Tensor | None = None,
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
@@ -485,7 +479,7 @@ class _VisionTower(TFCLIPPreTrainedModel):
 
     def call(
         self,
-        pixel_values=None,
+        pixel_values: tf.Tensor | None = None,
         output_attentions=None,
         output_hidden_states=None,
         interpolate_pos_encoding=False,
@@ -596,9 +590,9 @@ class TFCLIPModel(TFCLIPPreTrainedModel):
 
     def get_text_features(
         self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
+        input_ids: tf.Tensor | None = None,
+        attention_mask: tf.Tensor | None = None,
+        position_ids: tf.Tensor | None = None,
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
@@ -610,7 +604,7 @@ class TFCLIPModel(TFCLIPPreTrainedModel):
 
     def get_image_features(
         self,
-        pixel_values=None,
+        pixel_values: tf.Tensor | None = None,
         output_attentions=None,
         output_hidden_states=None,
         interpolate_pos_encoding=False,
@@ -626,10 +620,10 @@ class TFCLIPModel(TFCLIPPreTrainedModel):
 
     def call(
         self,
-        input_ids=None,
-        pixel_values=None,
-        attention_mask=None,
-        position_ids=None,
+        input_ids: tf.Tensor | None = None,
+        pixel_values: tf.Tensor | None = None,
+        attention_mask: tf.Tensor | None = None,
+        position_ids: tf.Tensor | None = None,
         return_loss=None,
         output_attentions=None,
         output_hidden_states=None,

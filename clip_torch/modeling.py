@@ -49,7 +49,6 @@ ACTIVATIONS = activations(
     relu=F.relu,
 )
 
-# ---------------------------------------------------------------------------------------------
 # Embeddings
 
 
@@ -103,7 +102,6 @@ def _resize_matrix(num_patches: int, grid_h: int, grid_w: int):
     return torch.from_numpy(position_resize_matrix(num_patches, grid_h, grid_w))
 
 
-# ---------------------------------------------------------------------------------------------
 # Attention, MLP, encoder layer, encoder
 
 
@@ -198,7 +196,6 @@ class CLIPEncoder(nn.Module):
         return run_layers(self.layers, hidden_states, call, output_attentions, output_hidden_states)
 
 
-# ---------------------------------------------------------------------------------------------
 # Text and vision transformers
 
 
@@ -233,8 +230,8 @@ class CLIPTextTransformer(nn.Module):
     def forward(
         self,
         input_ids,
-        attention_mask=None,
-        position_ids=None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         output_attentions=False,
         output_hidden_states=False,
     ):
@@ -282,7 +279,6 @@ class CLIPVisionTransformer(nn.Module):
         return BaseModelOutputWithPooling(last, pooled, all_hidden, attentions)
 
 
-# ---------------------------------------------------------------------------------------------
 # Loss
 
 
@@ -304,7 +300,6 @@ def l2_normalize(x):
     return x / x.norm(p=2, dim=-1, keepdim=True)
 
 
-# ---------------------------------------------------------------------------------------------
 # Public classes
 
 
@@ -320,9 +315,9 @@ class _TextTower(CLIPPreTrainedModel):
 
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
@@ -350,7 +345,7 @@ class _VisionTower(CLIPPreTrainedModel):
 
     def forward(
         self,
-        pixel_values=None,
+        pixel_values: torch.Tensor | None = None,
         output_attentions=None,
         output_hidden_states=None,
         interpolate_pos_encoding=False,
@@ -444,9 +439,9 @@ class CLIPModel(CLIPPreTrainedModel):
 
     def get_text_features(
         self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         output_attentions=None,
         output_hidden_states=None,
         return_dict=None,
@@ -457,7 +452,7 @@ class CLIPModel(CLIPPreTrainedModel):
 
     def get_image_features(
         self,
-        pixel_values=None,
+        pixel_values: torch.Tensor | None = None,
         output_attentions=None,
         output_hidden_states=None,
         interpolate_pos_encoding=False,
@@ -470,10 +465,10 @@ class CLIPModel(CLIPPreTrainedModel):
 
     def forward(
         self,
-        input_ids=None,
-        pixel_values=None,
-        attention_mask=None,
-        position_ids=None,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         return_loss=None,
         output_attentions=None,
         output_hidden_states=None,
