@@ -28,8 +28,10 @@ class FlaxEncoder:
         module = FlaxCLIPModule(model.config, dtype=compute, param_dtype=model.param_dtype)
         self.model, self.config = model, model.config
         self.params = jax.device_put(model.params)
-        self._images = jax.jit(
-            lambda params, p: module.apply({"params": params}, p, method=FlaxCLIPModule.get_image_features)
+        self._images = jax.jit(  # channels-first pixels in, the Linen module takes channels-last
+            lambda params, p: module.apply(
+                {"params": params}, jnp.transpose(p, (0, 2, 3, 1)), method=FlaxCLIPModule.get_image_features
+            )
         )
         self._texts = jax.jit(
             lambda params, i, m: module.apply(
