@@ -169,6 +169,31 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
         )
         self._python_path = self._is_standard_pipeline()
         self._word_ids = WordIdsCache(self._learn)
+        self._init_options(kwargs)
+
+    is_fast = True
+
+    def _add_tokens(self, contents: list[str], special: bool) -> int:
+        """Added to the `tokenizers` pipeline as transformers' fast class adds them (its count returned)."""
+        count = (self._backend.add_special_tokens if special else self._backend.add_tokens)(contents)
+        for index, token in self._backend.get_added_tokens_decoder().items():
+            self.added_tokens_encoder[token.content] = index
+            self.decoder[index] = token.content
+        self._python_path = self._is_standard_pipeline()  # the library now cuts the added tokens out
+        return count
+
+    def _token_details(self, texts, add_special_tokens, layout) -> tuple[list, list, list]:
+        """(offsets, word ids, tokens) of each text from the `tokenizers` pipeline, laid out like the ids."""
+        details = ([], [], [])
+        for encoding in self._backend.encode_batch(texts, add_special_tokens=False):
+            offsets, words, tokens = list(encoding.offsets), list(encoding.word_ids), list(encoding.tokens)
+            if add_special_tokens:  # transformers' post-processor: specials at (0, 0), in no word
+                offsets = [(0, 0), *offsets, (0, 0)]
+                words = [None, *words, None]
+                tokens = [self.bos_token, *tokens, self.eos_token]
+            for out, row, pad in zip(details, (offsets, words, tokens), ((0, 0), None, self.pad_token)):
+                out.append(layout.pad(layout.truncate(row), pad))
+        return details
 
     def clear_cache(self) -> None:
         """Forget the words seen so far, here and in the library's BPE cache."""
