@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .files import atomic_write_text, resolve_file
+from .files import HubOptions, atomic_write_text, resolve_file
 from .image_inputs import CHANNELS_FIRST, _as_hwc, _to_array, channel_format, make_image_list
 from .image_transforms import (
     Plan,
@@ -355,7 +355,8 @@ class CLIPImageProcessor:
         """Read ``preprocessor_config.json`` from a folder, the file itself, or a cached Hub id.
 
         Keyword arguments override the file's values (``size={"shortest_edge": 336}``)."""
-        path = resolve_file(pretrained_model_name_or_path, IMAGE_PROCESSOR_NAME)
+        hub = HubOptions.pop_from(kwargs)  # subfolder, revision, cache_dir, local_files_only, ...
+        path = resolve_file(pretrained_model_name_or_path, IMAGE_PROCESSOR_NAME, hub=hub)
         with open(path, encoding="utf-8") as f:
             try:
                 config = json.load(f)

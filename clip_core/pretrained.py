@@ -37,7 +37,7 @@ from clip_core.config import CLIPConfig
 from clip_core.files import HubOptions
 from clip_core.formats.base import is_floating
 from clip_core.modeling_utils import as_config, check_attn_implementation
-from clip_core.names import model_kind, select_for_model
+from clip_core.names import is_ignored, model_kind, select_for_model
 from clip_core.weights import load_state_dict, save_state_dict
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -74,12 +74,11 @@ _UNSUPPORTED = {
 }
 
 
-def loading_info() -> dict[str, list]:
+def loading_info(unused: list[str]) -> dict[str, list]:
     """transformers' ``output_loading_info`` dict. Every tensor a model needs is checked when it loads
-    (missing, unexpected or misshapen ones raise CheckpointError), so the lists are always empty;
-    the other tower of a full CLIP checkpoint is skipped without being listed, as transformers'
-    PyTorch classes do."""
-    return {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+    (missing or misshapen ones raise CheckpointError), so only ``unexpected_keys`` can be non-empty:
+    the checkpoint's tensors the model does not use (the other tower of a full CLIP checkpoint)."""
+    return {"missing_keys": [], "unexpected_keys": sorted(unused), "mismatched_keys": [], "error_msgs": []}
 
 
 @dataclass
@@ -144,8 +143,9 @@ class LoadRequest:
         config = copy.deepcopy(as_config(config, config_class))
         return config._with_overrides(kwargs, True, "from_pretrained")
 
-    def state(self, pretrained, config, kind: str) -> dict[str, np.ndarray]:
-        """The canonical tensors the model needs, read and checked by name and shape."""
+    def state(self, pretrained, config, kind: str) -> tuple[dict[str, np.ndarray], list[str]]:
+        """(the canonical tensors the model needs, read and checked by name and shape; the names of
+        the checkpoint's other tensors)."""
         state = load_state_dict(
             pretrained,
             hub=self.hub,
@@ -153,7 +153,8 @@ class LoadRequest:
             use_safetensors=self.use_safetensors,
             variant=self.variant,
         )
-        return select_for_model(state, config, kind)
+        selected = select_for_model(state, config, kind)
+        return selected, [name for name in state if name not in selected and not is_ignored(name)]
 
 
 _FORMAT_KEYWORDS = (("from_pt", "safetensors"), ("from_tf", "tf"), ("from_flax", "flax"))
@@ -243,7 +244,7 @@ class PretrainedModelMixin:
         config, model_kwargs = request.config(cls.model_kind, pretrained_model_name_or_path, config, kwargs)
         if pretrained_model_name_or_path is None:
             raise ValueError(f"{cls.__name__}.from_pretrained needs a folder, a weights file or a Hub id")
-        state = request.state(pretrained_model_name_or_path, config, cls.model_kind)
+        state, unused = request.state(pretrained_model_name_or_path, config, cls.model_kind)
         if dtype == "auto":
             dtype = cls._framework_dtype(auto_dtype(config, state))
         if request.attn_implementation is not None:
@@ -254,7 +255,8 @@ class PretrainedModelMixin:
         model._assign_canonical_state(state)
         loaded = model._after_loading()
         if request.output_loading_info:
-            return (*loaded, loading_info()) if isinstance(loaded, tuple) else (loaded, loading_info())
+            info = loading_info(unused)
+            return (*loaded, info) if isinstance(loaded, tuple) else (loaded, info)
         return loaded
 
     @classmethod

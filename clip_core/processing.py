@@ -6,7 +6,7 @@ import os
 import warnings
 from typing import Any
 
-from .files import resolve_folder
+from .files import HubOptions, resolve_folder
 from .image_processing import PREPROCESS_KWARGS, CLIPImageProcessor
 from .tensors import BatchFeature
 
@@ -106,7 +106,7 @@ class CLIPProcessor:
         """Read a folder (or cached Hub id) holding preprocessor_config.json and tokenizer files.
 
         ``kwargs`` override image-processor settings (e.g. ``crop_size=336``)."""
-        folder = resolve_folder(pretrained_model_name_or_path)
+        folder = resolve_folder(pretrained_model_name_or_path, hub=HubOptions.pop_from(kwargs))
         image_processor = CLIPImageProcessor.from_pretrained(folder, **kwargs)
         return cls(image_processor=image_processor, tokenizer=_load_tokenizer(folder, use_fast))
 

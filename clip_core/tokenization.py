@@ -44,7 +44,7 @@ from .bpe_vocab import (
     read_vocab_files,
     write_vocab_files,
 )
-from .files import atomic_write_text, resolve_folder
+from .files import HubOptions, atomic_write_text, resolve_folder
 from .tensors import BatchEncoding
 from .tensors import as_tensor as as_tensor  # re-exported: it lived here
 
@@ -215,6 +215,15 @@ class _CLIPTokenizerBase:
 
     model_input_names = ["input_ids", "attention_mask"]
     _length_after_padding = False
+    # The order of the output's keys: transformers' slow tokenizers add the mask last.
+    _KEY_ORDER = (
+        "input_ids",
+        "token_type_ids",
+        "special_tokens_mask",
+        "offset_mapping",
+        "length",
+        "attention_mask",
+    )
     _padding_side = "right"
     _truncation_side = "right"
     sep_token = cls_token = mask_token = None  # CLIP has none; add_special_tokens may set them
@@ -559,6 +568,7 @@ class _CLIPTokenizerBase:
             rows = encoding["input_ids"] if self._length_after_padding else ids
             extras["length"] = [len(row) for row in rows]
         encoding.update(extras)
+        encoding = BatchEncoding({key: encoding[key] for key in self._KEY_ORDER if key in encoding})
         if single and return_tensors is None:
             encoding = BatchEncoding({k: v[0] for k, v in encoding.items()})
         if self.is_fast:  # word_ids(), tokens(), sequence_ids(): computed when first asked for
@@ -729,11 +739,13 @@ class _CLIPTokenizerBase:
     def decode(
         self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None, **kwargs
     ) -> str:
+        """Text from ids; ``spaces_between_special_tokens`` (default True) as transformers' slow class."""
         if hasattr(token_ids, "tolist"):
             token_ids = token_ids.tolist()
         if isinstance(token_ids, int):
             token_ids = [token_ids]
-        text = self._decode_ids([int(i) for i in token_ids], skip_special_tokens)
+        spaces = kwargs.pop("spaces_between_special_tokens", True)
+        text = self._decode_ids([int(i) for i in token_ids], skip_special_tokens, spaces)
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
         return self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
@@ -743,14 +755,34 @@ class _CLIPTokenizerBase:
     ):
         if hasattr(sequences, "tolist"):
             sequences = sequences.tolist()
-        return [self.decode(s, skip_special_tokens, clean_up_tokenization_spaces) for s in sequences]
+        return [
+            self.decode(s, skip_special_tokens, clean_up_tokenization_spaces, **kwargs) for s in sequences
+        ]
 
-    def _decode_ids(self, ids: list[int], skip_special_tokens: bool) -> str:
-        tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
+    def _decode_ids(self, ids: list[int], skip_special_tokens: bool, spaces: bool = True) -> str:
+        """transformers' slow decoding: byte-level pieces joined, added tokens (not special ones) set
+        apart and the parts joined by a space (``spaces``)."""
+        tokens = [self.decoder.get(i) for i in ids]
         for index, token in zip(ids, tokens):
             if token is None:
                 raise ValueError(f"token id {index} is not in the vocabulary (size {len(self)})")
-        return self.convert_tokens_to_string(tokens)
+        special = set(self.all_special_tokens)
+        added = (set(self.added_tokens_encoder) - special) | {
+            t for t in self.additional_special_tokens if self._lookup(t) >= self.vocab_size
+        }
+        parts, current = [], []
+        for token in tokens:
+            if skip_special_tokens and token in special:
+                continue
+            if token in added:
+                text = self.convert_tokens_to_string(current) if current else ""
+                parts += [text, token] if text else [token]
+                current = []
+            else:
+                current.append(token)
+        if current:
+            parts.append(self.convert_tokens_to_string(current))
+        return (" " if spaces else "").join(parts)
 
     @staticmethod
     def clean_up_tokenization(text: str) -> str:
@@ -772,8 +804,10 @@ class _CLIPTokenizerBase:
 
     # ----- files ----------------------------------------------------------------------------------
     @staticmethod
-    def _read_folder(pretrained) -> tuple[str, dict]:
-        folder = resolve_folder(pretrained)
+    def _read_folder(pretrained, kwargs: dict) -> tuple[str, dict]:
+        """The local folder (Hub options such as subfolder, revision, cache_dir are taken out of
+        ``kwargs``) and the init keywords its tokenizer_config.json / special_tokens_map.json give."""
+        folder = resolve_folder(pretrained, hub=HubOptions.pop_from(kwargs))
         config = _read_json(os.path.join(folder, "special_tokens_map.json"))
         config.update(_read_json(os.path.join(folder, "tokenizer_config.json")))
         kwargs = {}
@@ -940,7 +974,7 @@ class CLIPTokenizer(_CLIPTokenizerBase):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> CLIPTokenizer:
-        folder, config = cls._read_folder(pretrained_model_name_or_path)
+        folder, config = cls._read_folder(pretrained_model_name_or_path, kwargs)
         vocab_file, merges_file = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
         for path in (vocab_file, merges_file):
             if not os.path.isfile(path):

@@ -125,6 +125,15 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
     _default_padding = False
     _default_truncation = None
     _length_after_padding = True
+    # transformers' fast tokenizers: the mask right after the ids.
+    _KEY_ORDER = (
+        "input_ids",
+        "token_type_ids",
+        "attention_mask",
+        "special_tokens_mask",
+        "offset_mapping",
+        "length",
+    )
 
     def __init__(
         self,
@@ -226,7 +235,7 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> CLIPTokenizerFast:
-        folder, config = cls._read_folder(pretrained_model_name_or_path)
+        folder, config = cls._read_folder(pretrained_model_name_or_path, kwargs)
         tokenizer_file = os.path.join(folder, "tokenizer.json")
         if os.path.isfile(tokenizer_file):
             return cls(tokenizer_file=tokenizer_file, **{**config, **kwargs})
@@ -299,7 +308,7 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
         tokenize = self._backend.model.tokenize
         return [[token.id for token in tokenize(byte_encode(word))] for word in words]
 
-    def _decode_ids(self, ids: list[int], skip_special_tokens: bool) -> str:
+    def _decode_ids(self, ids: list[int], skip_special_tokens: bool, spaces: bool = True) -> str:
         vocab_size = len(self)
         for index in ids:
             if not 0 <= index < vocab_size:

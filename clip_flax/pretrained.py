@@ -53,6 +53,7 @@ class FlaxCLIPPreTrainedModel(PretrainedModelMixin):
 
     module_class: type  # the Linen module the class runs
     framework = "flax"
+    unsafe_format = "flax"  # save_pretrained(safe_serialization=False): flax_model.msgpack, as transformers
 
     def __init__(
         self,

@@ -197,6 +197,11 @@ class CLIPPreTrainedModel(PretrainedModelMixin, nn.Module):
             and not (exclude_embeddings and is_embedding_table(name))
         )
 
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """Bytes held by the parameters (and buffers), as transformers counts them."""
+        tensors = list(self.parameters()) + (list(self.buffers()) if return_buffers else [])
+        return sum(t.nelement() * t.element_size() for t in tensors)
+
     def _embedding_owner(self):
         tower = getattr(self, "text_model", None) or self.vision_model
         return tower.embeddings
