@@ -309,8 +309,22 @@ class _ConfigBase:
         }
         return getattr(transformers, name[self.model_type]).from_dict(self.to_diff_dict())
 
+    # Where a config.json came from, not what model it describes: left out of ==.
+    _PROVENANCE = ("architectures", "dtype", "torch_dtype", "transformers_version")
+
+    def _described(self) -> dict[str, Any]:
+        data = self.to_dict()
+        for key in self._PROVENANCE:
+            data.pop(key, None)
+        for key, value in data.items():
+            if isinstance(value, dict) and "model_type" in value:
+                data[key] = {k: v for k, v in value.items() if k not in self._PROVENANCE}
+        return data
+
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.to_dict() == other.to_dict()
+        """The same model described: every field and attribute but the provenance ones
+        (``architectures``, ``dtype``, ``transformers_version``), which save_pretrained records."""
+        return type(self) is type(other) and self._described() == other._described()
 
 
 _MISSING = object()

@@ -30,15 +30,15 @@ import numpy as np
 from PIL import Image
 
 from .files import HubOptions, atomic_write_text, resolve_file
-from .image_inputs import CHANNELS_FIRST, _as_hwc, _to_array, channel_format, make_image_list
+from .image_inputs import CHANNELS_FIRST, as_hwc, channel_format, make_image_list, to_array
 from .image_transforms import (
     Plan,
-    _center_crop,
-    _check_channels,
-    _resize_uint8,
-    _uint8_for_resize,
+    center_crop_hwc,
+    per_channel_values,
     process_images,
+    resize_uint8,
     resized_hw,
+    uint8_for_resize,
 )
 from .tensors import BatchFeature, tensor_type_name, to_framework
 
@@ -273,13 +273,13 @@ class CLIPImageProcessor:
         uint8 and comes back as float32 in [0, 1], as transformers does. Layout as the input unless
         ``data_format`` says otherwise."""
         _no_kwargs("resize", kwargs)
-        array, channels_last = _as_hwc(
+        array, channels_last = as_hwc(
             _image_array(image), channel_format(input_data_format, "input_data_format")
         )
         size = get_size_dict(size, default_to_square=False, param_name="size")
-        pixels, scaled_up = _uint8_for_resize(array)
+        pixels, scaled_up = uint8_for_resize(array)
         resample = int(getattr(resample, "value", resample))
-        out = _resize_uint8(pixels, resized_hw(*pixels.shape[:2], size), resample)
+        out = resize_uint8(pixels, resized_hw(*pixels.shape[:2], size), resample)
         if scaled_up:
             out = (out.astype(np.float64) * (1 / 255)).astype(np.float32)
         return _in_layout(out, data_format, channels_last)
@@ -291,10 +291,10 @@ class CLIPImageProcessor:
         size = get_size_dict(size, default_to_square=True, param_name="size")
         if set(size) != {"height", "width"}:
             raise ValueError(f"The size dictionary must have keys 'height' and 'width'. Got {sorted(size)}")
-        array, channels_last = _as_hwc(
+        array, channels_last = as_hwc(
             _image_array(image), channel_format(input_data_format, "input_data_format")
         )
-        out = _center_crop(array, (size["height"], size["width"]))
+        out = center_crop_hwc(array, (size["height"], size["width"]))
         return _in_layout(out, data_format, channels_last)
 
     def rescale(self, image, scale: float, data_format=None, input_data_format=None, **kwargs) -> np.ndarray:
@@ -304,20 +304,20 @@ class CLIPImageProcessor:
         out = (_image_array(image).astype(np.float64) * scale).astype(np.float32)
         if data_format is None:
             return out
-        hwc, channels_last = _as_hwc(out, channel_format(input_data_format, "input_data_format"))
+        hwc, channels_last = as_hwc(out, channel_format(input_data_format, "input_data_format"))
         return _in_layout(hwc, data_format, channels_last)
 
     def normalize(self, image, mean, std, data_format=None, input_data_format=None, **kwargs) -> np.ndarray:
         """``(image - mean) / std`` per channel in the image's float dtype (integers become float32)."""
         _no_kwargs("normalize", kwargs)
-        array, channels_last = _as_hwc(
+        array, channels_last = as_hwc(
             _image_array(image), channel_format(input_data_format, "input_data_format")
         )
         if array.dtype.kind != "f":
             array = array.astype(np.float32)
         channels = array.shape[-1]
-        mean = np.array(_check_channels(_per_channel(mean, "mean"), channels, "mean"), dtype=array.dtype)
-        std = np.array(_check_channels(_per_channel(std, "std"), channels, "std"), dtype=array.dtype)
+        mean = np.array(per_channel_values(_per_channel(mean, "mean"), channels, "mean"), dtype=array.dtype)
+        std = np.array(per_channel_values(_per_channel(std, "std"), channels, "std"), dtype=array.dtype)
         return _in_layout((array - mean) / std, data_format, channels_last)
 
     # -- files --------------------------------------------------------------------------------------
@@ -375,7 +375,7 @@ class CLIPImageProcessor:
 
 def _image_array(image) -> np.ndarray:
     """One image as a numpy array (PIL images, numpy and framework tensors)."""
-    return np.asarray(image) if isinstance(image, Image.Image) else _to_array(image)
+    return np.asarray(image) if isinstance(image, Image.Image) else to_array(image)
 
 
 def _no_kwargs(method: str, kwargs: dict) -> None:

@@ -295,6 +295,10 @@ class PretrainedModelMixin:
     def name_or_path(self) -> str:
         return self.config.name_or_path
 
+    @property
+    def main_input_name(self) -> str:
+        return "pixel_values" if self.model_kind.startswith("vision") else "input_ids"
+
     @classmethod
     def can_generate(cls) -> bool:
         """CLIP does not generate text (transformers' answer for its CLIP classes too)."""

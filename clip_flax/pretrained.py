@@ -193,10 +193,6 @@ class FlaxCLIPPreTrainedModel(PretrainedModelMixin):
 
     # -- transformers' FlaxPreTrainedModel API ------------------------------------------------
 
-    @property
-    def main_input_name(self) -> str:
-        return "pixel_values" if self.model_kind.startswith("vision") else "input_ids"
-
     def num_parameters(self, params=None, exclude_embeddings: bool = False) -> int:
         """Parameter count (``exclude_embeddings``: without the token and position embedding tables)."""
         return sum(

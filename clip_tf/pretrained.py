@@ -170,10 +170,6 @@ class TFCLIPPreTrainedModel(PretrainedModelMixin, keras.Model):
 
     # -- transformers' TFPreTrainedModel API ---------------------------------------------------
 
-    @property
-    def main_input_name(self) -> str:
-        return "pixel_values" if self.model_kind.startswith("vision") else "input_ids"
-
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """Parameter count (``exclude_embeddings``: without the token and position embedding tables)."""
         return sum(

@@ -184,10 +184,6 @@ class CLIPPreTrainedModel(PretrainedModelMixin, nn.Module):
     framework = "pt"
     base_model_prefix = "clip"
 
-    @property
-    def main_input_name(self) -> str:
-        return "pixel_values" if self.model_kind.startswith("vision") else "input_ids"
-
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """Parameter count, as transformers counts it (``exclude_embeddings``: without nn.Embedding tables)."""
         return sum(
