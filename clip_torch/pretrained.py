@@ -167,6 +167,7 @@ class CLIPPreTrainedModel(PretrainedModelMixin, nn.Module):
         with torch.device("meta"):  # no random init: every parameter comes from the checkpoint
             model = cls(config, **kwargs)
         model = model.to(dtype or torch.float32)
+        model.config.dtype = model.dtype  # as transformers: the config records the loaded dtype
         model._load_device = device
         return model
 

@@ -313,6 +313,7 @@ def _(ctx):
     for path in (ctx.pt, str(folder)):
         ours, theirs = load_both(ctx, "CLIPModel", path, torch_dtype="auto")
         assert ours.dtype == theirs.dtype, path
+        assert f"torch.{ours.config.dtype}" == str(theirs.config.dtype), path  # the config records it
 
 
 @idiom(
