@@ -193,8 +193,11 @@ class FlaxCLIPPreTrainedModel(PretrainedModelMixin):
 
     # -- transformers' FlaxPreTrainedModel API ------------------------------------------------
 
-    def num_parameters(self, params=None, exclude_embeddings: bool = False) -> int:
-        """Parameter count (``exclude_embeddings``: without the token and position embedding tables)."""
+    def num_parameters(
+        self, only_trainable: bool = False, exclude_embeddings: bool = False, params=None
+    ) -> int:
+        """Parameter count (``exclude_embeddings``: without the token and position embedding tables);
+        every Flax param is trainable, so ``only_trainable`` counts them all."""
         return sum(
             int(np.prod(np.shape(a)))
             for name, a in _leaves_by_canonical_name(self._resolve_params(params)).items()

@@ -988,6 +988,8 @@ def _(ctx):
         model = TFCLIPModel.from_config(config)
         assert model.num_parameters() == ctx.hf_torch.num_parameters()
         assert model.config.projection_dim == ctx.hf_tf.config.projection_dim
+    counts = [m.num_parameters(exclude_embeddings=True) for m in (model, ctx.hf_torch)]
+    assert counts[0] == counts[1]  # transformers' TF classes have no num_parameters: its PyTorch count
 
 
 @idiom(
@@ -1153,6 +1155,8 @@ def _(ctx):
     from clip_flax import FlaxCLIPVisionModel
 
     assert ctx.flax_model.input_shape == ctx.hf_flax.input_shape
+    counts = [m.num_parameters(exclude_embeddings=True) for m in (ctx.flax_model, ctx.hf_torch)]
+    assert counts[0] == counts[1]  # transformers' Flax classes have no num_parameters: its PyTorch count
     shapes = [
         jax.eval_shape(lambda rng, m=m: m.init_weights(rng, m.input_shape), jax.random.PRNGKey(0))
         for m in (ctx.flax_model, ctx.hf_flax)
