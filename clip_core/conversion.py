@@ -24,13 +24,13 @@ import dataclasses
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 
 import numpy as np
 
 from clip_core.config import ConfigError
+from clip_core.files import atomic_folder, check_destination
 from clip_core.formats import find_weights_file, format_names, open_checkpoint, save_checkpoint
 from clip_core.formats.base import CheckpointReader, extended_dtype, is_floating, nbytes
 from clip_core.names import (
@@ -314,17 +314,10 @@ def convert(
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: choose from fp32, bf16, fp16")
     target_dtype = DTYPES[dtype]
-    if os.path.exists(destination):
-        if not os.path.isdir(destination):
-            raise FileExistsError(f"{destination} exists and is not a folder")
-        if not overwrite:
-            raise FileExistsError(f"{destination} exists; pass overwrite=True (--overwrite) to replace it")
+    check_destination(destination, overwrite)  # before reading the source
     src = open_source(source, None if config is None else os.fspath(config), hidden_act)
-    parent, base = os.path.split(destination)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{base}.converting-", dir=parent)
     notes = list(src.notes)
-    try:
+    with atomic_folder(destination, overwrite) as tmp:
         with src.reader:
             view = ConvertingView(src.reader, target_dtype, names=src.names)
             infos = {n: view.info(n) for n in view.keys()}
@@ -343,16 +336,6 @@ def convert(
         _write_config(src, tmp, target_dtype)
         _write_extras(src, tmp, notes)
         written = sum(os.path.getsize(p) for p in weight_files)
-        old = None
-        if os.path.exists(destination):
-            old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
-            os.rename(destination, os.path.join(old, base))
-        os.rename(tmp, destination)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ConversionSummary(
         source=source,
         destination=destination,

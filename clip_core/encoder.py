@@ -8,10 +8,27 @@ An encoder turns numpy inputs into L2-normalised numpy embeddings in the joint s
 - ``config``: the model's CLIPConfig (image size, context length, projection size);
 - ``logit_scale``: ``exp(logit_scale)`` of the model, the temperature of its logits.
 
-Each backend provides one (``clip_torch.encoder.TorchEncoder``, ``clip_tf.encoder.TFEncoder``,
-``clip_flax.encoder.FlaxEncoder``), and so does the ONNX Runtime engine; the embedding pipeline,
-the search index, the metrics and the explanations never import a framework themselves.
-``load_encoder(model, backend)`` imports the backend only when it is asked for.
+Two optional methods give the towers' per-position states in the same joint space (the
+explainability maps use them; every backend here has both):
+
+- ``encode_image_patches(pixel_values, path="values")`` -> ``(B, grid_h * grid_w, projection_dim)``,
+  L2-normalised per patch, patches in row-major order of the patch grid. Two ways in (``PATCH_PATHS``):
+
+  - ``"tokens"``: each patch token of the vision tower's last_hidden_state (class token left out)
+    through ``post_layernorm`` and ``visual_projection``, exactly as the pooled class token is;
+  - ``"values"`` (default): dense features after MaskCLIP (Zhou et al., ECCV 2022): the last encoder
+    layer's value path alone, ``out_proj(v_proj(layer_norm1(x)))`` of its input x, with no
+    query-key attention, residual or MLP, then ``post_layernorm`` and ``visual_projection``.
+
+  In a trained CLIP the last layer's patch tokens serve the class token rather than describe their
+  patch, and their similarity with a text is highest on the background (CLIP Surgery's "opposite
+  visualisation"); the value path keeps each patch's own content. On the shapes CLIP of
+  tests/data/shapes-clip (480 fresh images, its training.json) the most text-like patch lies inside
+  the named shape for 20 % of images with "tokens" (a random patch: 22 %) and 68 % with "values".
+- ``encode_text_tokens(input_ids, attention_mask)`` -> ``(B, T, projection_dim)``: every position of
+  the text tower's last_hidden_state (already after ``final_layer_norm``) through
+  ``text_projection``, L2-normalised per token. The end-of-text row is ``encode_texts``' embedding;
+  rows at padded positions (mask 0) are computed but mean nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +44,7 @@ BACKENDS = {
     "torch": ("clip_torch.encoder", "TorchEncoder", "torch"),
     "tf": ("clip_tf.encoder", "TFEncoder", "tf"),
     "flax": ("clip_flax.encoder", "FlaxEncoder", "flax"),
+    "onnx": ("clip_core.onnx_engine", "OnnxEncoder", "onnx"),  # an ONNX export run by ONNX Runtime
 }
 
 
@@ -40,6 +58,44 @@ class Encoder(Protocol):
     def encode_images(self, pixel_values: np.ndarray) -> np.ndarray: ...
 
     def encode_texts(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray: ...
+
+
+PATCH_PATHS = ("values", "tokens")
+
+
+def check_patch_path(path: str) -> str:
+    if path not in PATCH_PATHS:
+        raise ValueError(f"unknown patch path {path!r}: choose one of {', '.join(PATCH_PATHS)}")
+    return path
+
+
+def has_patch_encoders(encoder) -> bool:
+    """True when ``encoder`` also gives per-patch and per-token embeddings (the optional methods)."""
+    return callable(getattr(encoder, "encode_image_patches", None)) and callable(
+        getattr(encoder, "encode_text_tokens", None)
+    )
+
+
+def checked_pixels(config, pixel_values) -> np.ndarray:
+    """``pixel_values`` as float32 numpy, checked against the vision config (clear ValueError)."""
+    from clip_core.validation import check_pixel_values
+
+    pixels = np.asarray(pixel_values, np.float32)
+    check_pixel_values(pixels.shape, getattr(config, "vision_config", config))
+    return pixels
+
+
+def checked_tokens(config, input_ids, attention_mask=None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, mask) as int32 numpy (mask of ones when None), checked against the text config."""
+    from clip_core.validation import check_text_inputs
+
+    ids = np.asarray(input_ids)
+    mask = np.ones(ids.shape, np.int32) if attention_mask is None else np.asarray(attention_mask)
+    integer = np.issubdtype(ids.dtype, np.integer)
+    id_range = (int(ids.min()), int(ids.max())) if integer and ids.size else None
+    text_config = getattr(config, "text_config", config)
+    check_text_inputs(text_config, ids.shape, mask.shape, id_range=id_range, integer_ids=integer)
+    return ids.astype(np.int32), mask.astype(np.int32)
 
 
 DTYPE_NAMES = {

@@ -29,6 +29,44 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.remove(tmp)
 
 
+def check_destination(path: str | os.PathLike, overwrite: bool = False) -> str:
+    """``path`` made absolute, if a folder may be written there: a FileExistsError says why not."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise FileExistsError(f"{path} exists and is not a folder")
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
+    """Yield an empty folder beside ``path``; it becomes ``path`` only if the block succeeds.
+
+    An existing ``path`` is a FileExistsError unless ``overwrite``; then it is replaced only after
+    the new folder is complete, so a failure leaves the old one as it was and no partial folder.
+    """
+    path = check_destination(path, overwrite)
+    parent, base = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{base}.writing-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the folder from a server's user
+    try:
+        yield tmp
+        old = None
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+            os.rename(path, os.path.join(old, base))
+        os.rename(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

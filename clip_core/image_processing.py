@@ -35,6 +35,7 @@ from .image_transforms import (
     Plan,
     center_crop_hwc,
     per_channel_values,
+    process_image,
     process_images,
     resize_uint8,
     resized_hw,
@@ -319,6 +320,12 @@ class CLIPImageProcessor:
         mean = np.array(per_channel_values(_per_channel(mean, "mean"), channels, "mean"), dtype=array.dtype)
         std = np.array(per_channel_values(_per_channel(std, "std"), channels, "std"), dtype=array.dtype)
         return _in_layout((array - mean) / std, data_format, channels_last)
+
+    def preprocess_into(self, image, out: np.ndarray) -> np.ndarray:
+        """One image with this processor's settings into ``out``, a channels-first float32 array of the
+        crop size (a row of a batch being filled); the same numbers as ``preprocess``. For loaders that
+        decode on their own threads."""
+        return process_image(image, self._plan({"data_format": CHANNELS_FIRST}), out)
 
     # -- files --------------------------------------------------------------------------------------
 

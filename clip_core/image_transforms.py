@@ -241,6 +241,13 @@ def _process_one(image, plan: Plan, out: np.ndarray | None) -> np.ndarray:
     return _write_output(pixels, plan, pre_scale, rescale, channels_first, out)
 
 
+def process_image(image, plan: Plan, out: np.ndarray | None = None) -> np.ndarray:
+    """One image through the pipeline of ``plan``, into ``out`` when given (e.g. a row of a batch array).
+
+    The per-image path for callers that run their own threads (a streaming loader decoding ahead)."""
+    return _process_one(image, plan, out)
+
+
 _executor_lock = threading.Lock()
 _executor: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
 
@@ -291,4 +298,4 @@ def process_images(images: list, plan: Plan, batched: bool, num_threads: int | N
     return out
 
 
-__all__ = ["Plan", "process_images", "resized_hw"]
+__all__ = ["Plan", "process_image", "process_images", "resized_hw"]

@@ -11,6 +11,10 @@ Shards are read sequentially (``tarfile`` stream mode), so memory holds one samp
 - ``iter_samples(path, start=0)``: the samples of one shard, skipping the first ``start`` (a
   resumed reader continues at the sample after the last one it finished).
 - ``sample_image`` / ``sample_caption``: the image bytes and caption of a sample, by extension.
+- ``count_samples(path)``: the number of samples in a shard from its member headers alone (the
+  file is seeked over, no image bytes are read).
+- ``shards_fingerprint(shards)``: a digest of the shard names (relative to their common folder)
+  and sizes, the same on every host that sees the same files wherever they are mounted.
 
 Used by the embedding pipeline (clip_core.embedding) and by the training input (clip_flax.data).
 """
@@ -18,6 +22,7 @@ Used by the embedding pipeline (clip_core.embedding) and by the training input (
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -115,6 +120,33 @@ def iter_samples(path: str, start: int = 0) -> Iterator[Sample]:
         raise ShardError(f"{path}: not a readable tar shard ({type(e).__name__}: {e})") from None
     if current is not None and current.index >= start:
         yield current
+
+
+def count_samples(path: str) -> int:
+    """The number of samples (distinct consecutive keys) in one shard, from its member headers only."""
+    count, last = 0, None
+    try:
+        with tarfile.open(path, mode="r:*") as archive:  # seekable: member data is skipped, not read
+            for member in archive:
+                if not member.isfile():
+                    continue
+                key, _ = _split_name(member.name)
+                if key != last:
+                    count, last = count + 1, key
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ShardError(f"{path}: not a readable tar shard ({type(e).__name__}: {e})") from None
+    return count
+
+
+def shards_fingerprint(shards: Sequence[str]) -> str:
+    """sha256 of every shard's name (relative to the shards' common folder) and size, in order."""
+    shards = [os.fspath(s) for s in shards]
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(s)) for s in shards]) if shards else ""
+    digest = hashlib.sha256()
+    for path in shards:
+        name = os.path.relpath(os.path.abspath(path), root)
+        digest.update(f"{name}\0{os.path.getsize(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def sample_image(sample: Sample) -> tuple[str, bytes] | None:

@@ -10,6 +10,7 @@ and ``ds.class_names`` (for zero-shot evaluation; empty when there are no classe
   file) are reported in ``ds.problems`` and through ``logging`` and left out, never used silently.
 - ``SyntheticShapes(n, image_size, seed)`` draws coloured shapes on noisy backgrounds with captions
   such as "a red circle"; its classes are all colour-shape pairs, so it needs no download.
+  ``ds.mask(i)`` gives the pixels example i's shape covers (for checking where a model looks).
 
 ``BatchLoader`` turns a dataset and a list of example indices into batches of numpy arrays
 (``input_ids``, ``attention_mask``, ``pixel_values``) through the processor. The order is a pure
@@ -19,11 +20,18 @@ batches an uninterrupted run sees, with no loader state to save. An image that f
 load time is reported, remembered and replaced by the next loadable example of the epoch's order
 (deterministic, because the failure is). Each process of a multi-host run loads only its own
 contiguous share of every global batch.
+
+For data larger than a host wants to index: ``ShardLoader`` streams webdataset shards
+(clip_core.shards), each host reading only its own shards through its own streams (``iter_stream``:
+a per-epoch shuffled shard order, shuffled in blocks), decoding on a thread pool ahead of the step,
+with every batch carrying the stream positions to save in a checkpoint and resume from exactly.
+``ShardSamples`` holds a few shards in memory as a held-out set.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -34,6 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from clip_core.probe import COLOURS, SHAPES  # one palette: clip-export probes what this trains on
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +121,17 @@ def load_image(path: str) -> Image.Image:
         return im.convert("RGB")
 
 
-class CaptionDataset:
+class _Reporting:
+    """What the datasets share: problems kept in ``problems`` and logged."""
+
+    problems: list[str]
+
+    def report(self, message: str) -> None:
+        self.problems.append(message)
+        logger.warning(message)
+
+
+class CaptionDataset(_Reporting):
     """(image, caption) pairs listed in a JSONL or CSV file, image paths relative to ``data_dir``.
 
     ``verify_images`` opens every image once (PIL's ``verify``, which reads headers and checks
@@ -163,10 +183,6 @@ class CaptionDataset:
         if not self.paths:
             raise DataError(f"{captions_file}: no usable rows ({len(self.problems)} skipped)")
 
-    def report(self, message: str) -> None:
-        self.problems.append(message)
-        logger.warning(message)
-
     def __len__(self) -> int:
         return len(self.paths)
 
@@ -182,22 +198,21 @@ class CaptionDataset:
     def describe(self, i: int) -> str:
         return self.paths[i]
 
+    def fingerprint(self) -> str:
+        """sha256 of the usable rows (image path relative to data_dir, caption, label), in order: equal
+        on hosts that can use the same rows, wherever data_dir is mounted."""
+        digest = hashlib.sha256()
+        for path, caption, label in zip(self.paths, self.captions, self.labels):
+            rel = os.path.relpath(path, self.data_dir)
+            digest.update(json.dumps([rel, caption, label]).encode() + b"\n")
+        return digest.hexdigest()
+
 
 # -------------------------------------------------------------------------------------------------
 # Synthetic shapes
 
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 40),
-    "blue": (30, 60, 220),
-    "yellow": (235, 215, 30),
-    "purple": (140, 40, 180),
-    "orange": (245, 130, 20),
-}
-SHAPES = ("circle", "square", "triangle", "cross")
 
-
-class SyntheticShapes:
+class SyntheticShapes(_Reporting):
     """``n`` images of one coloured shape each, captioned "a {colour} {shape}"; example i is drawn from
     ``seed`` and ``i`` alone, so any subset can be regenerated anywhere (every host, every resume).
 
@@ -228,37 +243,52 @@ class SyntheticShapes:
     def describe(self, i: int) -> str:
         return f"synthetic #{i}"
 
-    def report(self, message: str) -> None:
-        self.problems.append(message)
-        logger.warning(message)
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"synthetic {self.n} {self.image_size} {self.seed}".encode()).hexdigest()
 
     def load(self, i: int):
         return self.draw(i), self.caption(i)
 
-    def draw(self, i: int) -> np.ndarray:
+    def _layout(self, i: int):
+        """(rng, background, fill, shape, box) of example i; the rng goes on to draw the noise."""
         colour_name, shape = self.class_names[self.labels[i]].split(" ")
         rng = np.random.default_rng([self.seed, i])
         s = self.image_size
         background = rng.integers(0, 90, 3) + rng.integers(0, 2) * 150  # dark or light
-        im = Image.new("RGB", (s, s), tuple(int(v) for v in background))
         colour = np.clip(np.array(COLOURS[colour_name]) + rng.integers(-25, 26, 3), 0, 255)
-        fill = tuple(int(v) for v in colour)
         size = rng.uniform(0.35, 0.7) * s
         cx, cy = rng.uniform(size / 2, s - size / 2, 2)
-        x0, y0, x1, y1 = cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2
-        draw = ImageDraw.Draw(im)
-        if shape == "circle":
-            draw.ellipse((x0, y0, x1, y1), fill=fill)
-        elif shape == "square":
-            draw.rectangle((x0, y0, x1, y1), fill=fill)
-        elif shape == "triangle":
-            draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
-        else:  # cross
-            w = size / 6
-            draw.rectangle((cx - w, y0, cx + w, y1), fill=fill)
-            draw.rectangle((x0, cy - w, x1, cy + w), fill=fill)
+        return rng, tuple(int(v) for v in background), tuple(int(v) for v in colour), shape, (cx, cy, size)
+
+    def draw(self, i: int) -> np.ndarray:
+        rng, background, fill, shape, box = self._layout(i)
+        s = self.image_size
+        im = Image.new("RGB", (s, s), background)
+        _draw_shape(ImageDraw.Draw(im), shape, box, fill)
         pixels = np.asarray(im, np.int16) + rng.integers(-12, 13, (s, s, 3))
         return np.clip(pixels, 0, 255).astype(np.uint8)
+
+    def mask(self, i: int) -> np.ndarray:
+        """(image_size, image_size) bool: the pixels example i's shape covers (as ``draw`` paints them)."""
+        _, _, _, shape, box = self._layout(i)
+        im = Image.new("L", (self.image_size,) * 2, 0)
+        _draw_shape(ImageDraw.Draw(im), shape, box, 255)
+        return np.asarray(im) > 0
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box, fill) -> None:
+    cx, cy, size = box
+    x0, y0, x1, y1 = cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2
+    if shape == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif shape == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
+    else:  # cross
+        w = size / 6
+        draw.rectangle((cx - w, y0, cx + w, y1), fill=fill)
+        draw.rectangle((x0, cy - w, x1, cy + w), fill=fill)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -446,6 +476,336 @@ class BatchLoader:
             done.set()
 
 
+# -------------------------------------------------------------------------------------------------
+# Webdataset shards, streamed
+
+POSITION_FIELDS = ("epoch", "block", "shard", "sample", "emitted")
+
+
+@dataclass
+class StreamItem:
+    """One usable sample of a stream: its image bytes and caption, and where it came from."""
+
+    image: bytes
+    caption: str
+    where: str  # shard:key, for messages
+
+
+def _usable(sample, report) -> StreamItem | None:
+    from clip_core.shards import sample_caption, sample_image
+
+    image, caption = sample_image(sample), sample_caption(sample)
+    where = f"{sample.shard}:{sample.key}"
+    if image is None or caption is None or not caption.strip():
+        report(f"{where}: no {'image' if image is None else 'caption'}; sample skipped")
+        return None
+    return StreamItem(image[1], caption.strip(), where)
+
+
+def iter_stream(
+    shards: Sequence[str], seed: int, stream: int, block_size: int, position=None, report=None
+) -> Iterator[tuple[StreamItem, tuple[int, ...]]]:
+    """The samples of one stream forever, each with the stream's position after it.
+
+    Epoch ``e`` reads ``shards`` in the order ``permutation(seed, stream, e)``, one shard after the
+    other (one sample in memory at a time from the tar), in blocks of ``block_size`` usable samples;
+    each block is emitted in the order ``permutation(seed, stream, e, block)`` (a shuffle buffer of
+    ``block_size``). Samples without an image or a caption are reported and skipped.
+
+    A position is (epoch, block, shard, sample, emitted): the block's first shard (in the epoch's
+    order) and sample index, and how many of its samples were emitted. ``iter_stream(...,
+    position=p)`` continues exactly after the sample whose position was ``p``: it re-reads that block
+    from its first sample and skips the ones already emitted.
+    """
+    from clip_core.shards import iter_samples
+
+    report = report or logger.warning
+    position = (0, 0, 0, 0, 0) if position is None else position
+    epoch, block, shard_pos, sample_index, skip = (int(v) for v in position)
+    while True:
+        order = np.random.default_rng([seed, stream, epoch]).permutation(len(shards))
+        fresh = block == 0 and shard_pos == 0 and sample_index == 0 and skip == 0
+        emitted_any = False
+        reader = None
+        while True:
+            start = (shard_pos, sample_index)
+            items: list[StreamItem] = []
+            while len(items) < block_size and shard_pos < len(order):
+                if reader is None:
+                    reader = iter_samples(shards[order[shard_pos]], sample_index)
+                sample = next(reader, None)
+                if sample is None:
+                    reader, shard_pos, sample_index = None, shard_pos + 1, 0
+                    continue
+                sample_index = sample.index + 1
+                item = _usable(sample, report)
+                if item is not None:
+                    items.append(item)
+            if not items:
+                break  # end of the epoch
+            order_in_block = np.random.default_rng([seed, stream, epoch, block]).permutation(len(items))
+            for k in range(skip, len(items)):
+                after = (epoch, block, *start, k + 1)
+                if k + 1 == len(items):  # the block is done: the next one (or the next epoch) is next
+                    end = shard_pos >= len(order)
+                    after = (epoch + 1, 0, 0, 0, 0) if end else (epoch, block + 1, shard_pos, sample_index, 0)
+                emitted_any = True
+                yield items[order_in_block[k]], after
+            block, skip = block + 1, 0
+        if fresh and not emitted_any:  # a whole epoch without a usable sample: it would loop forever
+            named = ", ".join(shards[:3]) + (f" and {len(shards) - 3} more" if len(shards) > 3 else "")
+            raise DataError(f"no usable samples (image and caption) in {named}")
+        epoch, block, shard_pos, sample_index, skip = epoch + 1, 0, 0, 0, 0
+
+
+def _decode(item: StreamItem, image_processor, out: np.ndarray) -> None:
+    import io
+
+    with Image.open(io.BytesIO(item.image)) as im:
+        im.load()
+        image_processor.preprocess_into(im, out)
+
+
+class ShardLoader:
+    """Batches streamed from webdataset shards, each host reading only its own shards.
+
+    The shards are dealt to ``num_streams`` streams (stream ``s`` reads shards ``s, s + S, ...``) and
+    the streams to the hosts (host ``h`` of ``H`` runs streams ``h S/H`` to ``(h+1) S/H - 1``, each on
+    its own reader thread). Every global batch takes ``batch_size / S`` samples from each stream, in
+    stream order, so it holds the same examples in the same order whatever the number of hosts (any
+    divisor of S). Images are decoded and preprocessed on a thread pool, ``prefetch`` batches ahead
+    of the step. Memory holds about two shuffle blocks per stream plus the prefetched batches,
+    whatever the size of the dataset.
+
+    Each batch carries ``data_state``: this host's stream positions after it ([streams, 5] int64).
+    ``iter_from(step, stop, state)`` continues exactly from such a state (all hosts' rows together,
+    as a checkpoint stores them, or this host's). An image that fails to decode is reported and
+    replaced by the next sample of its stream (deterministic, as failures are); a shard that cannot
+    be read raises DataError naming it.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[str],
+        batch_size: int,
+        processor,
+        max_length: int,
+        seed: int = 0,
+        num_streams: int | None = None,
+        process_index: int = 0,
+        process_count: int = 1,
+        block_size: int = 256,
+        threads: int | None = None,
+        prefetch: int = 2,
+    ) -> None:
+        from clip_core.shards import split_shards
+
+        self.shards = list(shards)
+        self.num_streams = int(num_streams or min(len(self.shards), 2 * process_count))
+        s, hosts = self.num_streams, process_count
+        if s % hosts:
+            raise DataError(f"{s} data streams cannot be split over {hosts} hosts: use a multiple of {hosts}")
+        if len(self.shards) < s:
+            raise DataError(f"{len(self.shards)} shards are fewer than the {s} data streams")
+        if batch_size % s:
+            raise DataError(f"batch size {batch_size} is not a multiple of the {s} data streams")
+        self.batch_size, self.processor, self.max_length = batch_size, processor, max_length
+        self.seed, self.block_size, self.prefetch = seed, max(1, int(block_size)), prefetch
+        self.per_stream = batch_size // s
+        first = process_index * (s // hosts)
+        self.streams = list(range(first, first + s // hosts))
+        self.stream_shards = {i: split_shards(self.shards, i, s) for i in self.streams}
+        self.threads = threads or max(1, min(8, os.cpu_count() or 1))
+        self.problems: list[str] = []  # the first 1000 (all are counted in problem_count)
+        self.problem_count = 0
+        self._lock = threading.Lock()  # the reader threads report too
+        self.local_batch_size = self.per_stream * len(self.streams)
+
+    @property
+    def local_shards(self) -> list[str]:
+        return sorted(p for i in self.streams for p in self.stream_shards[i])
+
+    def report(self, message: str) -> None:
+        """Keep and log a problem: the first 20 in full, then a running count at 100, 1000, ..."""
+        with self._lock:
+            self.problem_count += 1
+            n = self.problem_count
+            if n <= 1000:
+                self.problems.append(message)
+        if n <= 20:
+            logger.warning(message)
+        elif str(n).rstrip("0") == "1":
+            logger.warning("%d samples skipped or replaced so far; the latest: %s", n, message)
+
+    def local_state(self, state=None) -> np.ndarray:
+        """This host's rows of ``state`` (all streams' rows, or already this host's); zeros: the start."""
+        if state is None:
+            return np.zeros((len(self.streams), len(POSITION_FIELDS)), np.int64)
+        state = np.asarray(state, np.int64).reshape(-1, len(POSITION_FIELDS))
+        if len(state) == self.num_streams:
+            return state[self.streams[0] : self.streams[-1] + 1].copy()
+        if len(state) == len(self.streams):
+            return state.copy()
+        raise DataError(f"a data position of {len(state)} streams does not fit {self.num_streams} streams")
+
+    def iter_from(self, step: int = 0, stop: int | None = None, state=None):
+        """(step, batch) for step = step, step + 1, ... (up to ``stop``), continuing from ``state``."""
+        positions = self.local_state(state)
+        done = threading.Event()
+        queues = [queue.Queue(maxsize=2 * self.per_stream + 2) for _ in self.streams]
+        out: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
+
+        def put(q, item) -> bool:
+            while not done.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def read(j: int, stream: int) -> None:
+            try:
+                for pair in iter_stream(
+                    self.stream_shards[stream], self.seed, stream, self.block_size, positions[j], self.report
+                ):
+                    if not put(queues[j], pair):
+                        return
+            except BaseException as e:  # handed to the batch thread, then to the consumer
+                put(queues[j], e)
+
+        def take(j: int):
+            while True:
+                try:
+                    item = queues[j].get(timeout=0.1)
+                    break
+                except queue.Empty:
+                    if done.is_set():
+                        raise _Stopped() from None
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+        def assemble(pool, state: np.ndarray) -> dict:
+            crop = self.processor.image_processor.crop_size
+            pixels = np.empty((self.local_batch_size, 3, crop["height"], crop["width"]), np.float32)
+            captions: list[str] = []
+            pending = []
+            for j in range(len(self.streams)):
+                for _ in range(self.per_stream):
+                    item, state[j] = take(j)
+                    slot = len(captions)
+                    captions.append(item.caption)
+                    pending.append(
+                        (
+                            slot,
+                            j,
+                            item,
+                            pool.submit(_decode, item, self.processor.image_processor, pixels[slot]),
+                        )
+                    )
+            for slot, j, item, future in pending:
+                while future.exception() is not None:
+                    error = future.exception()
+                    self.report(
+                        f"{item.where}: cannot decode the image ({type(error).__name__}: {error}); replaced"
+                    )
+                    item, state[j] = take(j)
+                    captions[slot] = item.caption
+                    future = pool.submit(_decode, item, self.processor.image_processor, pixels[slot])
+            batch = tokenize(self.processor, captions, self.max_length)
+            batch["pixel_values"] = pixels
+            batch["data_state"] = state.copy()
+            return batch
+
+        def work() -> None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            state = positions.copy()
+            try:
+                with ThreadPoolExecutor(self.threads, thread_name_prefix="clip-shard-decode") as pool:
+                    s = step
+                    while stop is None or s < stop:
+                        if not put(out, (s, assemble(pool, state))):
+                            return
+                        s += 1
+                put(out, None)
+            except _Stopped:
+                return
+            except BaseException as e:
+                put(out, e)
+
+        threads = [
+            threading.Thread(target=read, args=(j, i), daemon=True, name=f"clip-shard-stream-{i}")
+            for j, i in enumerate(self.streams)
+        ]
+        threads.append(threading.Thread(target=work, daemon=True, name="clip-shard-batches"))
+        for t in threads:
+            t.start()
+        try:
+            while True:
+                item = out.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    if isinstance(item, DataError):
+                        raise item
+                    raise DataError(f"{type(item).__name__}: {item}") from item
+                yield item
+        finally:
+            done.set()
+
+    def count_local_samples(self) -> int:
+        """Samples in this host's shards, from the tar headers (read in parallel)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from clip_core.shards import count_samples
+
+        with ThreadPoolExecutor(self.threads) as pool:
+            return sum(pool.map(count_samples, self.local_shards))
+
+
+class _Stopped(Exception):
+    """The consumer went away: the loader threads end quietly."""
+
+
+class ShardSamples(_Reporting):
+    """Every sample of a few shards in memory (an evaluation set), as an index-able dataset."""
+
+    def __init__(self, shards: Sequence[str]) -> None:
+        from clip_core.shards import iter_samples
+
+        self.problems: list[str] = []
+        self.class_names: list[str] = []
+        self.items = [
+            item
+            for path in shards
+            for sample in iter_samples(path)
+            if (item := _usable(sample, self.report)) is not None
+        ]
+        if not self.items:
+            raise DataError(f"no usable samples in the evaluation shards {list(shards)[:3]}")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def caption(self, i: int) -> str:
+        return self.items[i].caption
+
+    def label(self, i: int) -> int:
+        return -1
+
+    def describe(self, i: int) -> str:
+        return self.items[i].where
+
+    def load(self, i: int):
+        import io
+
+        with Image.open(io.BytesIO(self.items[i].image)) as im:
+            im.load()
+            return im.convert("RGB"), self.items[i].caption
+
+
 def encode_eval_set(dataset, indices: Sequence[int], processor, max_length: int, batch_size: int = 256):
     """Held-out examples as arrays (pixel_values, input_ids, attention_mask, labels, captions); unloadable
     ones are reported and left out."""
@@ -479,9 +839,12 @@ __all__ = [
     "BatchLoader",
     "CaptionDataset",
     "DataError",
+    "ShardLoader",
+    "ShardSamples",
     "SyntheticShapes",
     "encode_eval_set",
     "epoch_order",
+    "iter_stream",
     "make_processor",
     "tokenize",
     "train_eval_split",

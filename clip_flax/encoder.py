@@ -8,8 +8,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clip_core.encoder import bucket, dtype_name, l2_normalize, pad_rows, pad_tokens
+from clip_core.encoder import (
+    bucket,
+    check_patch_path,
+    checked_pixels,
+    checked_tokens,
+    dtype_name,
+    l2_normalize,
+    pad_rows,
+    pad_tokens,
+)
 from clip_flax.modeling import FlaxCLIPModel, FlaxCLIPModule
+
+
+def _patch_states(module: FlaxCLIPModule, pixels, path: str):
+    """Run inside ``module.apply``: the last layer's patch tokens, or its value path (MaskCLIP),
+    through post_layernorm and visual_projection."""
+    vision = module.vision_model
+    if path == "tokens":
+        states = vision(pixels).last_hidden_state
+    else:
+        last = vision.encoder.layers.layers[-1]
+        x = vision(pixels, output_hidden_states=True).hidden_states[-2]  # the last layer's input
+        states = last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(x)))
+    return module.visual_projection(vision.post_layernorm(states[:, 1:]))  # class token dropped
+
+
+def _token_states(module: FlaxCLIPModule, ids, mask):
+    """Run inside ``module.apply``: every final_layer_norm state through text_projection."""
+    return module.text_projection(module.text_model(ids, mask).last_hidden_state)
 
 
 class FlaxEncoder:
@@ -38,6 +65,15 @@ class FlaxEncoder:
                 {"params": params}, i, m, method=FlaxCLIPModule.get_text_features
             )
         )
+        self._patches = jax.jit(
+            lambda params, p, path: module.apply(
+                {"params": params}, jnp.transpose(p, (0, 2, 3, 1)), path, method=_patch_states
+            ),
+            static_argnums=2,
+        )
+        self._tokens = jax.jit(
+            lambda params, i, m: module.apply({"params": params}, i, m, method=_token_states)
+        )
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype=None) -> FlaxEncoder:
@@ -61,3 +97,22 @@ class FlaxEncoder:
         rows = bucket(count)
         out = self._texts(self.params, pad_rows(ids, rows), pad_rows(mask, rows))
         return l2_normalize(np.asarray(out, np.float32)[:count])
+
+    def encode_image_patches(self, pixel_values: np.ndarray, path: str = "values") -> np.ndarray:
+        """(B, grid_h * grid_w, projection_dim), unit rows: the last layer's patch ``"tokens"`` or its
+        value path (``"values"``, MaskCLIP), through post_layernorm and the projection (clip_core.encoder)."""
+        pixels = checked_pixels(self.config, pixel_values)
+        count = pixels.shape[0]
+        out = self._patches(self.params, pad_rows(pixels, bucket(count)), check_patch_path(path))
+        return l2_normalize(np.asarray(out, np.float32)[:count])
+
+    def encode_text_tokens(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(B, T, projection_dim): every token's final_layer_norm state through text_projection."""
+        ids, mask = checked_tokens(self.config, input_ids, attention_mask)
+        count, length = ids.shape
+        ids, mask = pad_tokens(ids, mask, limit=self.config.text_config.max_position_embeddings)
+        rows = bucket(count)
+        out = self._tokens(self.params, pad_rows(ids, rows), pad_rows(mask, rows))
+        return l2_normalize(np.asarray(out, np.float32)[:count, :length])

@@ -2,12 +2,18 @@
 
 The pieces, each a plain function or a small class:
 
-- ``make_mesh(data, fsdp)``: a Mesh over all devices with a "data" axis and an "fsdp" axis.
-  Parameters (and Adam's moments) are split along "fsdp" on their largest divisible dimension
-  (``fsdp_spec``); every batch is split along both axes, ``P(("data", "fsdp"))``.
-- The loss sees the GLOBAL batch as negatives: the towers run on the sharded batch and the
-  ``[B, B]`` logits are built from the full embedding matrices; jit/GSPMD inserts the all-gathers.
-  So a step gives the same result however the batch is split across devices.
+- ``make_mesh(data, fsdp)``: a Mesh over all devices with a "data" axis and an "fsdp" axis. With
+  several hosts it is a hybrid mesh: "data" runs across hosts (or TPU slices) and "fsdp" within
+  one, so parameter all-gathers stay on the fast links (an fsdp axis wider than a host spans the
+  fewest hosts it can). Parameters (and Adam's moments) are split along "fsdp" on their largest
+  divisible dimension (``fsdp_spec``); every batch is split along both axes, ``P(("data", "fsdp"))``.
+- The loss sees the GLOBAL batch as negatives. Softmax (CLIP): the towers run on the sharded batch
+  and the ``[B, B]`` logits are built from the full embedding matrices; jit/GSPMD inserts the
+  all-gathers. Sigmoid (SigLIP, ``TrainConfig(loss="sigmoid")``): ``chunked_sigmoid_loss`` keeps each
+  device's image embeddings in place and passes the text embeddings around the ring of devices
+  (``shard_map`` + ``jax.lax.ppermute``), one ``[b, b]`` block at a time, with a learnable bias
+  ``logit_bias`` beside ``logit_scale`` (SigLIP's init: scale log 10, bias -10). Either way a step
+  gives the same result however the batch is split across devices and hosts.
 - ``make_optimizer``: AdamW with linear warm-up and cosine decay, global-norm clipping, weight
   decay only on kernels and embeddings (not biases, LayerNorm, class embedding or logit_scale),
   and an optionally frozen tower (LiT-style: its gradients are stopped and its updates are zero).
@@ -18,8 +24,12 @@ The pieces, each a plain function or a small class:
   big-batch gradient while holding only one micro-batch's activations.
 - After each update ``logit_scale`` is clamped to at most ln(100), as in CLIP.
 - ``Checkpointer`` saves the train state (params, optimizer state, step, RNG) and a JSON record with
-  orbax; together with clip_flax.data's step-determined data order a resumed run repeats the
-  uninterrupted one exactly.
+  orbax (the record carries the data position of streamed input); a checkpoint is final when
+  ``save`` returns, so a process killed right after it resumes from that step. A resumed run
+  repeats the uninterrupted one exactly.
+- Multi-host: ``initialize_distributed`` (explicit flags or JAX's auto-detection), ``hosts_agree``
+  (every host must see the same data: a collective compares fingerprints and sample counts and
+  names the host that differs), ``gather_rows`` and ``gather_params`` (export).
 - ``evaluate``: zero-shot accuracy over class prompts and image->text / text->image recall@1/5.
 
 bf16 compute with fp32 params: build the model with ``dtype=jnp.bfloat16`` (param_dtype stays
@@ -46,10 +56,14 @@ from clip_core.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 from clip_flax.modeling import clip_loss
 
 LOGIT_SCALE_MAX = math.log(100.0)
+SIGLIP_LOGIT_SCALE_INIT = math.log(10.0)  # SigLIP's t' = log 10 (t = 10), b = -10
+SIGLIP_LOGIT_BIAS_INIT = -10.0
+LOSSES = ("softmax", "sigmoid")
 BATCH_AXES = ("data", "fsdp")
 TEXT_KEYS = ("text_model", "text_projection")
 VISION_KEYS = ("vision_model", "visual_projection")
 INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values")
+EXTRA_PARAMS = ("logit_bias",)  # trained beside the model's params, not part of a CLIP checkpoint
 
 
 def tiny_config() -> CLIPConfig:
@@ -134,14 +148,42 @@ def init_params(config: CLIPConfig, seed: int = 0) -> dict:
 
 
 def make_mesh(data: int | None = None, fsdp: int = 1, devices: Sequence | None = None) -> Mesh:
-    """A ("data", "fsdp") Mesh over ``devices`` (all of them by default); ``data`` defaults to the rest."""
+    """A ("data", "fsdp") Mesh over ``devices`` (all of them by default), laid out by ``mesh_devices``."""
+    return Mesh(mesh_devices(data, fsdp, devices), BATCH_AXES)
+
+
+def mesh_devices(data: int | None = None, fsdp: int = 1, devices: Sequence | None = None) -> np.ndarray:
+    """The [data, fsdp] array of devices; ``data`` defaults to the devices left by ``fsdp``.
+
+    On one host the devices are laid out in order. On several, "data" runs across hosts (or TPU
+    slices, when there are several) and "fsdp" within one, through
+    ``mesh_utils.create_hybrid_device_mesh``: the fsdp all-gathers stay on a host's fast links, and
+    each host's devices hold a contiguous block of every global batch. An fsdp axis wider than one
+    host spans as few hosts as it can.
+    """
     devices = list(jax.devices() if devices is None else devices)
     if fsdp < 1 or len(devices) % fsdp:
         raise ValueError(f"fsdp={fsdp} does not divide the {len(devices)} devices")
     data = len(devices) // fsdp if data is None else data
     if data * fsdp != len(devices):
         raise ValueError(f"mesh {data} x {fsdp} does not match the {len(devices)} devices")
-    return Mesh(np.asarray(devices, dtype=object).reshape(data, fsdp), BATCH_AXES)
+    slices = {getattr(d, "slice_index", 0) for d in devices}
+    by_slice = len(slices) > 1
+    granules = len(slices) if by_slice else len({d.process_index for d in devices})
+    if granules == 1:
+        return np.asarray(devices, dtype=object).reshape(data, fsdp)
+    from jax.experimental import mesh_utils
+
+    per_granule = len(devices) // granules
+    if fsdp <= per_granule:
+        if per_granule % fsdp:
+            raise ValueError(f"fsdp={fsdp} does not divide the {per_granule} devices of each host")
+        inner, outer = (per_granule // fsdp, fsdp), (granules, 1)
+    else:
+        if fsdp % per_granule:
+            raise ValueError(f"fsdp={fsdp} is not a multiple of the {per_granule} devices of each host")
+        inner, outer = (1, per_granule), (granules * per_granule // fsdp, fsdp // per_granule)
+    return mesh_utils.create_hybrid_device_mesh(inner, outer, devices, process_is_granule=not by_slice)
 
 
 def fsdp_spec(shape: Sequence[int], fsdp_size: int) -> P:
@@ -191,8 +233,12 @@ class TrainConfig:
     accum_steps: int = 1
     freeze: str | None = None  # None, "text" or "vision"
     seed: int = 0
+    loss: str = "softmax"  # "softmax" (CLIP) or "sigmoid" (SigLIP, with a learnable logit_bias)
+    logit_bias_init: float = SIGLIP_LOGIT_BIAS_INIT
 
     def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.freeze not in (None, "text", "vision"):
             raise ValueError(f"freeze must be None, 'text' or 'vision', got {self.freeze!r}")
         if self.accum_steps < 1:
@@ -294,6 +340,58 @@ def loss_from_embeddings(text, image, logit_scale):
     return clip_loss(logits_per_text)
 
 
+def _sigmoid_block(text, image, scale, bias, positives: bool):
+    """-sum log sigmoid(z * (scale * image @ text.T + bias)) of one [b_image, b_text] block; z is +1 on
+    the diagonal when the block pairs each image with its own text (``positives``), -1 elsewhere."""
+    logits = scale * image @ text.T + bias
+    sign = 2.0 * jnp.eye(*logits.shape, dtype=logits.dtype) - 1.0 if positives else -1.0
+    return -jnp.sum(jax.nn.log_sigmoid(sign * logits))
+
+
+def sigmoid_loss(text, image, logit_scale, logit_bias):
+    """SigLIP's pairwise sigmoid loss over the whole batch, unchunked: the [B, B] logits at once.
+
+    Each (image, text) pair is a binary example, positive on the diagonal; summed over the texts and
+    averaged over the images (big_vision's normalisation)."""
+    scale = jnp.exp(jnp.asarray(logit_scale, jnp.float32))
+    bias = jnp.asarray(logit_bias, jnp.float32)
+    return _sigmoid_block(text, image, scale, bias, True) / text.shape[0]
+
+
+def chunked_sigmoid_loss(text, image, logit_scale, logit_bias, mesh: Mesh, axes=BATCH_AXES):
+    """``sigmoid_loss`` with the batch split over ``axes`` of ``mesh``, never forming the [B, B] logits.
+
+    Every device holds its images and texts (b = B / devices of each). It scores its own block
+    (positives on the diagonal), then passes its texts to the next device on the ring with
+    ``jax.lax.ppermute`` and scores the block it receives (all negatives), devices - 1 times, so each
+    device meets every text once and holds one [b, b] block at a time; the sums are then added over
+    the devices. Gradients flow back around the ring (ppermute's transpose is the reverse ring).
+    Equal to the unchunked loss and its gradients up to float summation order.
+    """
+    from jax import shard_map
+
+    n = int(np.prod([mesh.shape[a] for a in axes]))
+    ring = [(i, (i + 1) % n) for i in range(n)]
+
+    def local(t, i, log_scale, b):
+        scale = jnp.exp(log_scale.astype(jnp.float32))
+        b = b.astype(jnp.float32)
+        total = _sigmoid_block(t, i, scale, b, True)
+
+        def visit(carry, _):
+            t_other, acc = carry
+            t_other = jax.lax.ppermute(t_other, axes, ring)
+            return (t_other, acc + _sigmoid_block(t_other, i, scale, b, False)), None
+
+        if n > 1:
+            (_, total), _ = jax.lax.scan(visit, (t, total), None, length=n - 1)
+        return jax.lax.psum(total, axes) / (t.shape[0] * n)
+
+    return shard_map(local, mesh=mesh, in_specs=(P(axes), P(axes), P(), P()), out_specs=P())(
+        text, image, jnp.asarray(logit_scale), jnp.asarray(logit_bias)
+    )
+
+
 @struct.dataclass
 class TrainState:
     step: jax.Array
@@ -305,26 +403,36 @@ class TrainState:
         return {"step": self.step, "params": self.params, "opt_state": self.opt_state, "rng": self.rng}
 
 
+def model_params(params) -> dict:
+    """The model's own params: ``params`` without the trained extras (``logit_bias``)."""
+    return {k: v for k, v in params.items() if k not in EXTRA_PARAMS}
+
+
 class Trainer:
     """Jitted, sharded train and embedding steps for one model, optimizer and mesh.
 
     ``state = trainer.init_state(model.params)``; ``state, metrics = trainer.step(state, batch)``
     with ``batch`` this host's numpy share (``input_ids``, ``attention_mask``, ``pixel_values``) of
-    the global batch.
+    the global batch, and optionally ``status``: per example 0, or 1 + the index of a host whose
+    loader failed (its batch is a placeholder); the step reports the largest as ``data_error``.
+    With the sigmoid loss the state's params hold ``logit_bias`` beside the model's.
     """
 
     def __init__(self, model, cfg: TrainConfig, mesh: Mesh | None = None, donate: bool = True) -> None:
         self.model, self.module, self.cfg = model, model.module, cfg
         self.mesh = mesh if mesh is not None else make_mesh()
-        self.tx, self.schedule = make_optimizer(cfg, model.params)
+        self.extras = {"logit_bias": np.float32(cfg.logit_bias_init)} if cfg.loss == "sigmoid" else {}
+        abstract_params = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype),
+            {**model_params(model.params), **self.extras},
+        )
+        self.abstract_params = abstract_params
+        self.tx, self.schedule = make_optimizer(cfg, abstract_params)
         self.deterministic = not (
             model.config.text_config.attention_dropout or model.config.vision_config.attention_dropout
         )
         self.batch_sharding = batch_sharding(self.mesh)
         self.replicated = replicated(self.mesh)
-        abstract_params = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), model.params
-        )
         self.state_sharding = self._state_sharding(abstract_params)
         self._step = jax.jit(
             self._train_step,
@@ -348,9 +456,7 @@ class Trainer:
 
     def abstract_state(self) -> TrainState:
         """Shapes, dtypes and shardings of the train state (the target for a checkpoint restore)."""
-        params = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.asarray(x).dtype), self.model.params
-        )
+        params = self.abstract_params
         shapes = TrainState(
             step=jax.ShapeDtypeStruct((), jnp.int32),
             params=params,
@@ -364,6 +470,7 @@ class Trainer:
     def init_state(self, params=None, seed: int | None = None) -> TrainState:
         """A sharded train state at step 0 from ``params`` (the model's by default), cast to float32."""
         params = self.model.params if params is None else params
+        params = {**self.extras, **model_params(params), **{k: params[k] for k in self.extras if k in params}}
         params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
         params = jax.device_put(params, self.state_sharding.params)
         opt_state = jax.jit(self.tx.init, out_shardings=self.state_sharding.opt_state)(params)
@@ -377,7 +484,10 @@ class Trainer:
     def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This host's share of the global batch -> global arrays split along ("data", "fsdp")."""
         out = {}
-        for key in INPUT_KEYS:
+        local_batch = dict(local_batch)
+        if "status" not in local_batch:
+            local_batch["status"] = np.zeros(len(local_batch["input_ids"]), np.int32)
+        for key in (*INPUT_KEYS, "status"):
             local = np.asarray(local_batch[key])
             global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
             out[key] = jax.make_array_from_process_local_data(self.batch_sharding, local, global_shape)
@@ -401,7 +511,16 @@ class Trainer:
         }
 
     def _embed(self, params, batch, rng):
-        return embed(self.module, self._stop_frozen(params), batch, rng, self.deterministic)
+        return embed(self.module, self._stop_frozen(model_params(params)), batch, rng, self.deterministic)
+
+    def _contrastive(self, text, image, scalars):
+        """The loss of the global batch from its embeddings; ``scalars``: logit_scale (and logit_bias)."""
+        if self.cfg.loss == "sigmoid":
+            return chunked_sigmoid_loss(text, image, scalars["logit_scale"], scalars["logit_bias"], self.mesh)
+        return loss_from_embeddings(text, image, scalars["logit_scale"])
+
+    def _scalars(self, params) -> dict:
+        return {k: params[k] for k in ("logit_scale", *self.extras)}
 
     def _loss_and_grads(self, params, batch, rng):
         k = self.cfg.accum_steps
@@ -409,7 +528,7 @@ class Trainer:
 
             def loss_fn(p):
                 text, image = self._embed(p, batch, rng)
-                return loss_from_embeddings(text, image, p["logit_scale"])
+                return self._contrastive(text, image, self._scalars(p))
 
             return jax.value_and_grad(loss_fn)(params)
 
@@ -430,8 +549,8 @@ class Trainer:
 
         text, image = jax.lax.map(lambda xs: embed_micro(params, *xs), (micro, keys))
         dim = text.shape[-1]
-        loss, (g_text, g_image, g_scale) = jax.value_and_grad(loss_from_embeddings, argnums=(0, 1, 2))(
-            text.reshape(size, dim), image.reshape(size, dim), params["logit_scale"]
+        loss, (g_text, g_image, g_scalars) = jax.value_and_grad(self._contrastive, argnums=(0, 1, 2))(
+            text.reshape(size, dim), image.reshape(size, dim), self._scalars(params)
         )
         g_text, g_image = g_text.reshape(k, size // k, dim), g_image.reshape(k, size // k, dim)
 
@@ -444,7 +563,8 @@ class Trainer:
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
         grads, _ = jax.lax.scan(backprop, zeros, (micro, keys, g_text, g_image))
         grads = dict(grads)
-        grads["logit_scale"] = grads["logit_scale"] + g_scale
+        for key, g in g_scalars.items():
+            grads[key] = grads[key] + g
         return loss, grads
 
     def _train_step(self, state: TrainState, batch):
@@ -457,7 +577,9 @@ class Trainer:
             "lr": self.schedule(state.step),
             "grad_norm": optax.tree.norm(grads),
             "logit_scale": params["logit_scale"],
+            "data_error": jnp.max(batch["status"]),
         }
+        metrics.update({k: params[k] for k in self.extras})
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
@@ -465,19 +587,21 @@ class Trainer:
         if not isinstance(batch.get("input_ids"), jax.Array):
             batch = self.put_batch(batch)
         else:
-            batch = {k: batch[k] for k in INPUT_KEYS}
+            batch = {k: batch[k] for k in (*INPUT_KEYS, "status")}
         return self._step(state, batch)
 
     # -- features for evaluation ----------------------------------------------------------------
 
     def _text_features(self, params, ids, mask):
-        f = self.module.apply({"params": params}, ids, mask, None, True, method="get_text_features")
+        f = self.module.apply(
+            {"params": model_params(params)}, ids, mask, None, True, method="get_text_features"
+        )
         f = f.astype(jnp.float32)
         return f / jnp.linalg.norm(f, axis=-1, keepdims=True)
 
     def _image_features(self, params, pixels):
         pixels = jnp.transpose(pixels, (0, 2, 3, 1))  # channels-first batches, channels-last module
-        f = self.module.apply({"params": params}, pixels, True, method="get_image_features")
+        f = self.module.apply({"params": model_params(params)}, pixels, True, method="get_image_features")
         f = f.astype(jnp.float32)
         return f / jnp.linalg.norm(f, axis=-1, keepdims=True)
 
@@ -572,7 +696,11 @@ def evaluate(
 
 
 class Checkpointer:
-    """orbax CheckpointManager of the train state plus a JSON record (config, seed, batch size...)."""
+    """orbax CheckpointManager of the train state plus a JSON record (config, seed, batch size...).
+
+    ``save`` returns once the checkpoint is final (orbax's ``wait_until_finished``): the state is
+    copied off the devices and written, then committed, before training goes on. A process killed
+    at any moment after ``save`` returned resumes from that step."""
 
     def __init__(self, directory: str, save_every: int = 1000, max_to_keep: int | None = 3) -> None:
         import orbax.checkpoint as ocp
@@ -588,15 +716,18 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, state: TrainState, record: dict, force: bool = False) -> bool:
+        """Save (every host calls it); True if a checkpoint was written, final when this returns."""
         ocp = self._ocp
         step = int(jax.device_get(state.step))
-        return self.manager.save(
+        saved = self.manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state.as_dict()), record=ocp.args.JsonSave(record)
             ),
             force=force,
         )
+        self.manager.wait_until_finished()
+        return saved
 
     def restore(self, abstract_state: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
         ocp = self._ocp
@@ -619,40 +750,163 @@ class Checkpointer:
         self.manager.close()
 
 
+# -------------------------------------------------------------------------------------------------
+# Several hosts
+
+
 def initialize_distributed(
-    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    local_device_ids: Sequence[int] | None = None,
 ) -> None:
-    """jax.distributed.initialize (auto-detected on TPU pods, SLURM, ...; explicit otherwise)."""
-    kwargs = {}
-    if coordinator:
-        kwargs = {
-            "coordinator_address": coordinator,
-            "num_processes": num_processes,
-            "process_id": process_id,
-        }
-    jax.distributed.initialize(**kwargs)
+    """``jax.distributed.initialize`` with whatever is given; JAX detects the rest (TPU pods, SLURM,
+    Open MPI; and JAX_COORDINATOR_ADDRESS / JAX_LOCAL_DEVICE_IDS from the environment)."""
+    given = {
+        "coordinator_address": coordinator,
+        "num_processes": num_processes,
+        "process_id": process_id,
+        "local_device_ids": list(local_device_ids) if local_device_ids is not None else None,
+    }
+    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
+
+
+def gather_rows(local: np.ndarray) -> np.ndarray:
+    """Every host's ``local`` rows (same shape on each host), concatenated in host order."""
+    local = np.asarray(local)
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+
+
+def gather_params(params) -> dict:
+    """The full value of sharded params as numpy on every host (a collective: every host calls it)."""
+    if jax.process_count() == 1:
+        return jax.device_get(params)
+    from jax.experimental import multihost_utils
+
+    # Global arrays that no host holds entirely: tiled=True returns their full (global) value.
+    return multihost_utils.process_allgather(params, tiled=True)
+
+
+def _digest_words(fingerprint: str) -> list[int]:
+    """The first 128 bits of a hex digest as four int32s (what a host collective carries)."""
+    raw = bytes.fromhex(fingerprint)[:16].ljust(16, b"\0")
+    return np.frombuffer(raw, np.int32).tolist()
+
+
+class HostsDisagree(ValueError):
+    """The hosts of a multi-host run do not see the same data."""
+
+
+def hosts_agree(
+    fingerprint: str, count: int, what: str, unit: str = "samples", error: str | None = None
+) -> None:
+    """Check through a collective that every host sees the same data (every host calls it).
+
+    ``fingerprint`` (a hex digest) and ``count`` (of ``unit``: samples, files) must be equal on all
+    hosts. A host that could not read its data at all passes its ``error`` instead. Every host raises the same HostsDisagree when they
+    differ, naming the hosts that differ from the rest (or that failed, with their errors), so that
+    none is left waiting in a later collective.
+    """
+    if error is not None:
+        publish_host_error(error)
+    words = [0, 0, 0, 0] if error is not None else _digest_words(fingerprint)
+    row = np.asarray([*words, int(count), int(error is not None)], np.int64)
+    rows = gather_rows(row[None]).reshape(-1, len(row))
+    failed = [h for h, r in enumerate(rows) if r[-1]]
+    if failed:
+        me = jax.process_index()
+        details = "; ".join(
+            f"host {h}: {error if h == me else host_error(h) or 'see its log'}" for h in failed
+        )
+        raise HostsDisagree(f"reading the {what} failed on {details}")
+    keys = [tuple(r[:5]) for r in rows]
+    if len(set(keys)) <= 1:
+        return
+    groups: dict[tuple, list[int]] = {}
+    for host, key in enumerate(keys):
+        groups.setdefault(key, []).append(host)
+
+    def describe(hosts: list[int]) -> str:
+        r = rows[hosts[0]]
+        digest = np.asarray(r[:4], np.int32).tobytes().hex()[:12]
+        return f"host{'s' if len(hosts) > 1 else ''} {', '.join(map(str, hosts))} ({r[4]} {unit}, fingerprint {digest}...)"
+
+    ordered = sorted(groups.values(), key=len, reverse=True)
+    if len(ordered[0]) > len(rows) // 2:
+        odd = ordered[1:]
+        verb = "differs" if len(odd) == 1 and len(odd[0]) == 1 else "differ"
+        detail = f"{'; '.join(describe(g) for g in odd)} {verb} from {describe(ordered[0])}"
+    else:
+        detail = "; ".join(describe(g) for g in ordered)
+    raise HostsDisagree(
+        f"the hosts do not see the same {what}: {detail}. Every host must read the same files "
+        "(check the paths and copies on the hosts named)"
+    )
+
+
+def _distributed_client():
+    from jax._src import distributed  # the coordination service's key-value store (no public API)
+
+    return distributed.global_state.client
+
+
+def publish_host_error(message: str) -> None:
+    """Leave this host's error where the other hosts can read it (``host_error``); best effort."""
+    try:
+        client = _distributed_client()
+        if client is not None:
+            client.key_value_set(f"clip_flax/error/{jax.process_index()}", message)
+    except Exception:  # the other hosts fall back to naming this host
+        pass
+
+
+def host_error(host: int, timeout_s: float = 10.0) -> str | None:
+    """The error that ``host`` published with ``publish_host_error``, or None."""
+    try:
+        client = _distributed_client()
+        if client is not None:
+            return client.blocking_key_value_get(f"clip_flax/error/{host}", int(timeout_s * 1000))
+    except Exception:
+        pass
+    return None
 
 
 __all__ = [
     "CONFIGS",
     "Checkpointer",
+    "HostsDisagree",
     "LOGIT_SCALE_MAX",
+    "SIGLIP_LOGIT_BIAS_INIT",
+    "SIGLIP_LOGIT_SCALE_INIT",
     "TrainConfig",
     "TrainState",
     "Trainer",
+    "chunked_sigmoid_loss",
     "clamp_logit_scale",
     "decay_mask",
     "embed",
     "evaluate",
     "fsdp_spec",
+    "gather_params",
+    "gather_rows",
+    "host_error",
+    "hosts_agree",
     "init_params",
     "initialize_distributed",
     "loss_from_embeddings",
     "make_mesh",
+    "mesh_devices",
     "make_optimizer",
     "make_schedule",
+    "model_params",
     "param_shardings",
+    "publish_host_error",
     "recall_at_k",
+    "sigmoid_loss",
     "tiny_config",
     "trainable_labels",
 ]

@@ -313,7 +313,9 @@ def text_attention_bias(seq_len, attention_mask, dtype):
     visible = tf.linalg.band_part(tf.ones((seq_len, seq_len), tf.bool), -1, 0)
     bias = tf.where(visible, tf.zeros((), dtype), most_negative)[None, None]
     if attention_mask is not None:
-        bias = bias + (1.0 - tf.cast(attention_mask, dtype))[:, None, None, :] * most_negative
+        bias = (
+            bias + tf.expand_dims(tf.expand_dims(1.0 - tf.cast(attention_mask, dtype), 1), 1) * most_negative
+        )
     return bias
 
 

@@ -112,6 +112,14 @@ class TFCLIPPreTrainedModel(PretrainedModelMixin, keras.Model):
             )
         return super().compile(optimizer, *args, **kwargs)
 
+    @property
+    def _default_save_signature(self):
+        """What ``tf.saved_model.save(model, path)`` serves (Keras would guess float inputs from build
+        shapes): clip_tf.export.default_signature, a flat dict of the model's float32 outputs."""
+        from clip_tf.export import default_signature
+
+        return default_signature(self)
+
     # -- inputs ---------------------------------------------------------------------------
 
     def _text_inputs(self, config, input_ids, attention_mask, position_ids):

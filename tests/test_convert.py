@@ -22,6 +22,7 @@ from clip_core.conversion import convert  # noqa: E402
 from clip_core.formats import open_checkpoint  # noqa: E402
 from clip_core.weights import CheckpointError  # noqa: E402
 from tests.openai_reference import encode_image, encode_text, random_openai_state_dict  # noqa: E402
+from tests.tiny_configs import NAMED, assert_same_state, clip_config, padded_texts, random_pixels  # noqa: E402
 
 WEIGHT_FILES = {
     "safetensors": "model.safetensors",
@@ -40,38 +41,10 @@ FOLDER_FILES = {
 }
 
 
-def tiny_hf_config():
-    return transformers.CLIPConfig(
-        text_config=dict(
-            vocab_size=99,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=16,
-            bos_token_id=97,
-            eos_token_id=98,
-            pad_token_id=1,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=30,
-            patch_size=10,
-        ),
-        projection_dim=24,
-    )
-
-
 def hf_inputs():
-    rng = np.random.default_rng(0)
-    ids = rng.integers(2, 97, (2, 9))
-    ids[:, 0], ids[0, -1], ids[1, 5], ids[1, 6:] = 97, 98, 98, 1
-    mask = (np.arange(9) < np.array([[9], [6]])).astype(np.int64)
-    pixels = rng.standard_normal((3, 3, 30, 30)).astype(np.float32)
-    return ids, mask, pixels
+    config = clip_config("small")
+    ids, mask = padded_texts(config.text_config, lengths=(9, 6), seq=9, bos=True)
+    return ids, mask, random_pixels(config.vision_config, seed=0)
 
 
 def torch_outputs(model):
@@ -90,15 +63,6 @@ def read_all(path):
         return {name: reader[name] for name in reader}
 
 
-def assert_same_state(got, want):
-    got = {k: v for k, v in got.items() if not k.endswith("position_ids")}
-    assert set(got) == set(want)
-    for name, array in want.items():
-        assert got[name].dtype == array.dtype, name
-        assert got[name].shape == array.shape, name
-        assert got[name].tobytes() == array.tobytes(), name
-
-
 def leftovers(folder):
     """Hidden temporary siblings a conversion into ``folder`` might have left."""
     parent, base = os.path.split(os.path.abspath(folder))
@@ -113,16 +77,11 @@ def _clear_keras_names():
 
 
 @pytest.fixture(scope="module")
-def hf(tmp_path_factory):
-    """A tiny transformers CLIPModel saved by transformers in each of the four formats."""
+def hf(tmp_path_factory, reference_checkpoint):
+    """The "small" reference checkpoint (tests/conftest.py) saved by transformers in each of the four formats."""
     from clip_core.tokenization_fast import CLIPTokenizerFast
 
-    torch.manual_seed(0)
-    model = transformers.CLIPModel(tiny_hf_config()).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(2.9)
-        for p in model.parameters():  # LayerNorms start at 1/0: make every tensor informative
-            p.add_(torch.randn_like(p) * 0.02)
+    model = transformers.CLIPModel.from_pretrained(reference_checkpoint("small")).eval()
     root = tmp_path_factory.mktemp("hf")
     folders = {fmt: str(root / fmt) for fmt in WEIGHT_FILES}
     model.save_pretrained(folders["safetensors"], safe_serialization=True)
@@ -194,7 +153,7 @@ def test_transformers_loads_each_single_format_folder(hf, tmp_path):
     batch = processor(
         text=["a photo of a cat"], images=[np.zeros((40, 50, 3), np.uint8)], return_tensors="np"
     )
-    assert batch["pixel_values"].shape == (1, 3, 30, 30)  # preprocessor sized for the model
+    assert batch["pixel_values"].shape == (1, 3, 32, 32)  # preprocessor sized for the model
 
 
 def test_round_trip_torch_flax_tf_torch_is_bit_identical(hf, tmp_path):
@@ -384,7 +343,7 @@ def test_corrupt_and_wrong_model_files_are_named(hf, tmp_path):
     # right names, wrong model: a config that does not describe these weights
     other = tmp_path / "other"
     shutil.copytree(hf["folders"]["safetensors"], other)
-    config = tiny_hf_config()
+    config = transformers.CLIPConfig(**NAMED["small"])
     config.vision_config.hidden_size = 64
     config.save_pretrained(other)
     with pytest.raises(

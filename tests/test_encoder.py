@@ -1,33 +1,18 @@
 """The encoder protocol: each backend's encoder equals its model's normalised features, and the
 three backends agree; padding to compile buckets changes nothing; a missing backend is a clear error."""
 
+import os
+
 import numpy as np
 import pytest
 
-from clip_core.config import CLIPConfig
 from clip_core.encoder import BACKENDS, Encoder, bucket, load_encoder, pad_tokens
-from clip_core.names import canonical_shapes
-from clip_core.weights import save_state_dict
-from tests.tiny_configs import CONFIGS, assert_close, padded_texts
-
-
-@pytest.fixture(scope="module", params=list(CONFIGS))
-def folder(request, tmp_path_factory):
-    config = CLIPConfig.from_dict(CONFIGS[request.param])
-    rng = np.random.default_rng(0)
-    state = {k: rng.normal(0, 0.2, s).astype(np.float32) for k, s in canonical_shapes(config).items()}
-    state["logit_scale"] = np.asarray(2.0, np.float32)
-    path = tmp_path_factory.mktemp(request.param)
-    save_state_dict(state, path)
-    config.save_pretrained(path)
-    return str(path)
+from tests.tiny_configs import LOGIT_SCALES, assert_close, padded_texts, random_pixels
 
 
 def inputs(config):
     ids, mask = padded_texts(config.text_config)
-    size = config.vision_config.image_size
-    pixels = np.random.default_rng(1).standard_normal((3, 3, size, size)).astype(np.float32)
-    return ids, mask, pixels
+    return ids, mask, random_pixels(config.vision_config)
 
 
 def reference(folder):
@@ -46,7 +31,8 @@ def reference(folder):
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
-def test_encoder_equals_normalised_features(folder, backend):
+def test_encoder_equals_normalised_features(reference_folder, backend):
+    folder = reference_folder
     encoder = load_encoder(folder, backend)
     assert isinstance(encoder, Encoder)
     ids, mask, pixels = inputs(encoder.config)
@@ -58,7 +44,7 @@ def test_encoder_equals_normalised_features(folder, backend):
     # One row at a time (other buckets, other padding) gives the same rows.
     assert_close(encoder.encode_texts(ids[1:2], mask[1:2]), text[1:2], f"{backend} single text")
     assert_close(encoder.encode_images(pixels[2:]), image[2:], f"{backend} single image")
-    assert encoder.logit_scale == pytest.approx(np.exp(2.0), rel=1e-6)
+    assert encoder.logit_scale == pytest.approx(np.exp(LOGIT_SCALES[os.path.basename(folder)]), rel=1e-6)
 
 
 def test_padding_helpers():

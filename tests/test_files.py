@@ -8,6 +8,7 @@ import pytest
 from clip_core.config import CLIPConfig
 from clip_core.files import atomic_path, resolve_file, resolve_folder
 from clip_core.weights import load_state_dict, save_state_dict
+from tests.tiny_configs import clip_config
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -46,37 +47,26 @@ def offline_hub(tmp_path, monkeypatch):
     return cache
 
 
-def tiny_config():
-    return CLIPConfig.from_dict(
-        {
-            "text_config": dict(
-                hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2
-            ),
-            "vision_config": dict(
-                hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2
-            ),
-        }
-    )
-
-
 def test_hub_id_resolves_from_the_offline_cache(offline_hub):
     state = {"logit_scale": np.array(2.5, np.float32), "text_projection.weight": np.ones((2, 3), np.float32)}
 
     def files(folder):
-        tiny_config().save_pretrained(folder)
+        clip_config("small").save_pretrained(folder)
         save_state_dict(state, folder, formats=("safetensors", "flax"), max_shard_size=16)
 
     snapshot = build_hub_cache(offline_hub, "someorg/tiny-clip", files)
     assert resolve_file("someorg/tiny-clip", "config.json") == str(snapshot / "config.json")
     assert os.path.samefile(resolve_folder("someorg/tiny-clip"), snapshot)
-    assert CLIPConfig.from_pretrained("someorg/tiny-clip") == tiny_config()
+    assert CLIPConfig.from_pretrained("someorg/tiny-clip") == clip_config("small")
     loaded = load_state_dict("someorg/tiny-clip")  # through the sharded safetensors index
     assert sorted(loaded) == sorted(state)
     assert all(np.array_equal(loaded[k], state[k]) for k in state)
 
 
 def test_hub_id_missing_from_the_offline_cache_is_a_clear_error(offline_hub):
-    build_hub_cache(offline_hub, "someorg/only-config", lambda folder: tiny_config().save_pretrained(folder))
+    build_hub_cache(
+        offline_hub, "someorg/only-config", lambda folder: clip_config("small").save_pretrained(folder)
+    )
     with pytest.raises(FileNotFoundError, match="no weights file in someorg/only-config"):
         load_state_dict("someorg/only-config")
     with pytest.raises(FileNotFoundError, match="someorg/not-there"):
@@ -89,5 +79,7 @@ def test_explicit_cache_dir(tmp_path, monkeypatch):
     pytest.importorskip("huggingface_hub")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    snapshot = build_hub_cache(tmp_path, "org/name", lambda folder: tiny_config().save_pretrained(folder))
+    snapshot = build_hub_cache(
+        tmp_path, "org/name", lambda folder: clip_config("small").save_pretrained(folder)
+    )
     assert resolve_file("org/name", "config.json", cache_dir=tmp_path) == str(snapshot / "config.json")

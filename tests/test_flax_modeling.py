@@ -1,10 +1,10 @@
 """clip_flax against transformers 4.57.6 on the same weights: Flax classes, and PyTorch where Flax has none.
 
-Each config builds one seeded transformers PyTorch CLIPModel (every parameter perturbed, so that a
-LayerNorm scale/bias or a kernel transpose mix-up cannot hide behind default initial values), saves
-it as a safetensors folder, and loads that folder into transformers' Flax classes (from_pt=True)
-and into ours. JAX compiles every new shape, which is slow on a busy CPU: configs are tiny, models
-are loaded without a random init (_do_init=False), and the costly checks run once per config.
+Each parity config's reference checkpoint (tests/conftest.py: a seeded transformers PyTorch CLIPModel,
+every parameter perturbed so that a LayerNorm scale/bias or a kernel transpose mix-up cannot hide
+behind default initial values, saved as a safetensors folder) is loaded into transformers' Flax
+classes and into ours. JAX compiles every new shape, which is slow on a busy CPU: configs are tiny,
+models are loaded without a random init (_do_init=False), and the costly checks run once per config.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from transformers import FlaxCLIPVisionModel as HFFlaxCLIPVisionModel  # noqa: E
 
 from clip_core.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig  # noqa: E402
 from clip_core.pretrained import load_pretrained  # noqa: E402
-from clip_core.weights import canonical_shapes, from_flax_params, to_flax_params  # noqa: E402
+from clip_core.weights import canonical_shapes, from_flax_params, random_state, to_flax_params  # noqa: E402
 from clip_flax import (  # noqa: E402
     FlaxCLIPModel,
     FlaxCLIPModule,
@@ -35,7 +35,17 @@ from clip_flax import (  # noqa: E402
     FlaxCLIPVisionModelWithProjection,
     clip_loss,
 )
-from tests.tiny_configs import BAD_INPUTS, CONFIGS, assert_close, bad_ids, bad_pixels, padded_texts  # noqa: E402
+from tests.tiny_configs import (  # noqa: E402
+    BAD_INPUTS,
+    CONFIGS,
+    Reference,
+    assert_close,
+    assert_tower_output,
+    bad_ids,
+    bad_pixels,
+    clip_config,
+    random_pixels,
+)
 
 
 def hf_flax(cls, folder):
@@ -57,51 +67,18 @@ def hf_flax(cls, folder):
     return cls(config, _do_init=False), to_flax_params(state)
 
 
-class Reference:
-    """One config's weights in transformers' torch and Flax classes and in ours, plus inputs."""
+class FlaxReference(Reference):
+    """transformers' Flax CLIPModel (with the folder's weights, see hf_flax) and ours on the reference checkpoint."""
 
-    def __init__(self, name: str, folder: str):
-        cfg = CONFIGS[name]
-        self.name = name
-        torch.manual_seed(0)
-        self.hf_config = transformers.CLIPConfig(**cfg)
-        self.torch_model = transformers.CLIPModel(self.hf_config).eval()
-        with torch.no_grad():
-            for param in self.torch_model.parameters():
-                param.add_(0.05 * torch.randn_like(param))
-            self.torch_model.logit_scale.fill_(2.9 if name.startswith("quick") else 1.3)
-        self.torch_model.save_pretrained(folder)
-        self.folder = folder
-        self.config = CLIPConfig.from_pretrained(folder)
+    def __init__(self, folder: str):
+        super().__init__(folder)
         self.hf_flax, self.hf_params = hf_flax(HFFlaxCLIPModel, folder)
         self.ours = FlaxCLIPModel.from_pretrained(folder)
-        ids, mask = padded_texts(self.config.text_config)
-        self.input_ids, self.attention_mask = ids.astype(np.int32), mask.astype(np.int32)
-        rng = np.random.default_rng(1)
-        size = self.config.vision_config.image_size
-        self.pixel_values = rng.standard_normal((3, 3, size, size)).astype(np.float32)
-
-    def torch_inputs(self, **arrays):
-        return {
-            k: torch.from_numpy(np.asarray(v)).long() if "ids" in k or "mask" in k else torch.from_numpy(v)
-            for k, v in arrays.items()
-        }
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
-def ref(request, tmp_path_factory):
-    return Reference(request.param, str(tmp_path_factory.mktemp(request.param)))
-
-
-def assert_tower_output(ours, theirs, what, fields=("hidden_states", "attentions")):
-    """BaseModelOutputWithPooling fields, every hidden state and attention map."""
-    assert_close(ours.last_hidden_state, theirs.last_hidden_state, f"{what}.last_hidden_state")
-    if hasattr(theirs, "pooler_output"):
-        assert_close(ours.pooler_output, theirs.pooler_output, f"{what}.pooler_output")
-    for field in fields:
-        assert len(getattr(ours, field)) == len(getattr(theirs, field)), f"{what}.{field}"
-        for i, (a, b) in enumerate(zip(getattr(ours, field), getattr(theirs, field))):
-            assert_close(a, b, f"{what}.{field}[{i}]")
+@pytest.fixture(scope="module")
+def ref(reference_folder):
+    return FlaxReference(reference_folder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +209,7 @@ def test_interpolate_pos_encoding_matches_transformers_torch(ref):
     vision = ref.config.vision_config
     grid = vision.image_size // vision.patch_size
     height, width = (grid + 2) * vision.patch_size, (grid - 1) * vision.patch_size
-    pixels = np.random.default_rng(2).standard_normal((3, 3, height, width)).astype(np.float32)
+    pixels = random_pixels(vision, seed=2, height=height, width=width)
     inputs = ref.torch_inputs(input_ids=ref.input_ids, attention_mask=ref.attention_mask, pixel_values=pixels)
     with torch.no_grad():
         theirs = ref.torch_model(**inputs, interpolate_pos_encoding=True, output_hidden_states=True)
@@ -255,7 +232,7 @@ def test_text_pooling_rule():
     from clip_flax.modeling import CLIPTextTransformer
 
     ids = np.array([[5, 49408, 49407, 3, 49407], [5, 6, 7, 8, 9], [49407, 1, 1, 1, 1]], np.int32)
-    text = CLIPConfig.from_dict(CONFIGS["quick_gelu-eos49407"]).text_config
+    text = clip_config().text_config
     eos = dataclasses.replace(text, vocab_size=49409)
     legacy = dataclasses.replace(text, vocab_size=49409, eos_token_id=2)
 
@@ -366,14 +343,9 @@ def test_bfloat16_compute_stays_close_to_float32(ref):
 
 
 def test_dropout_runs_only_when_training():
-    config = CLIPConfig.from_dict(
-        {
-            **CONFIGS["quick_gelu-eos49407"],
-            "text_config": {**CONFIGS["quick_gelu-eos49407"]["text_config"], "attention_dropout": 0.5},
-        }
-    )
-    model = FlaxCLIPTextModel(config.text_config, _do_init=False)
-    model.params = _random_params(config.text_config, "text")
+    text_config = dataclasses.replace(clip_config().text_config, attention_dropout=0.5)
+    model = FlaxCLIPTextModel(text_config, _do_init=False)
+    model.params = to_flax_params(random_state(text_config, "text"))
     ids = np.full((2, 6), 7, np.int32)
     ids[:, -1] = 49407
     run = jax.jit(lambda p, rng, train: model(ids, params=p, dropout_rng=rng, train=train), static_argnums=2)
@@ -389,15 +361,6 @@ def test_dropout_runs_only_when_training():
 # Params tree and checkpoints
 
 
-def _random_params(config, kind, seed=0):
-    rng = np.random.default_rng(seed)
-    state = {
-        name: rng.normal(0.0, 0.05, shape).astype(np.float32)
-        for name, shape in canonical_shapes(config, kind).items()
-    }
-    return to_flax_params(state)
-
-
 @pytest.mark.parametrize(
     "cls, part, kind",
     [
@@ -409,7 +372,7 @@ def _random_params(config, kind, seed=0):
     ],
 )
 def test_init_weights_tree_is_the_canonical_flax_tree(cls, part, kind):
-    config = CLIPConfig.from_dict(CONFIGS["gelu-eos2"])
+    config = clip_config("gelu-eos2")
     config = getattr(config, part) if part else config
     model = cls(config, _do_init=False)
     shapes = jax.eval_shape(lambda rng: model.init_weights(rng, model.input_shape), jax.random.PRNGKey(0))
@@ -424,7 +387,7 @@ def test_init_weights_tree_is_the_canonical_flax_tree(cls, part, kind):
 
 
 def test_random_init_runs():
-    config = CLIPConfig.from_dict(CONFIGS["quick_gelu-eos49407"])
+    config = clip_config()
     model = FlaxCLIPModel(config, seed=3)
     params = model.params
     assert float(params["logit_scale"]) == pytest.approx(config.logit_scale_init_value)
@@ -468,9 +431,9 @@ def test_reads_and_writes_transformers_flax_msgpack(ref, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = CLIPConfig.from_dict(CONFIGS["quick_gelu-eos49407"])
+    config = clip_config()
     model = FlaxCLIPModel(config, _do_init=False)
-    model.params = _random_params(config, "clip")
+    model.params = to_flax_params(random_state(config, "clip"))
     return model
 
 

@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from clip_core.image_processing import CLIPFeatureExtractor, CLIPImageProcessor
-
-ATOL = 1e-5
+from tests.tiny_configs import assert_close
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +21,6 @@ def hf():
 
 def hf_processor(hf, **kwargs):
     return hf.CLIPImageProcessor(**kwargs)
-
-
-def assert_close(ours, theirs, atol=ATOL):
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
-    np.testing.assert_allclose(ours, theirs, rtol=0, atol=atol)
 
 
 @pytest.fixture(scope="module")

@@ -7,31 +7,10 @@ import pytest
 from clip_core.config import CLIPConfig
 from clip_core.modeling_utils import init_rule
 from clip_core.names import canonical_shapes
+from tests.tiny_configs import WIDE
 
-# Wide enough that a sample std is within a few percent of its true value.
-CONFIG = dict(
-    text_config=dict(
-        hidden_size=96,
-        intermediate_size=192,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=64,
-        vocab_size=1000,
-    ),
-    vision_config=dict(
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        image_size=64,
-        patch_size=8,
-    ),
-    projection_dim=48,
-)
 # transformers' CLIPConfig always sets initializer_factor = 1.0; a tower config keeps its own.
-VISION_TOWER = dict(
-    CONFIG["vision_config"], initializer_factor=1.5, initializer_range=0.05, projection_dim=40
-)
+VISION_TOWER = dict(WIDE["vision_config"], initializer_factor=1.5, initializer_range=0.05, projection_dim=40)
 
 
 def check_state(state, config, what, kind="clip"):
@@ -58,7 +37,7 @@ def test_rules_match_transformers_init():
 
     torch.manual_seed(0)
     for model, config, kind in (
-        (transformers.CLIPModel(transformers.CLIPConfig(**CONFIG)), CLIPConfig.from_dict(CONFIG), "clip"),
+        (transformers.CLIPModel(transformers.CLIPConfig(**WIDE)), CLIPConfig.from_dict(WIDE), "clip"),
         (
             transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**VISION_TOWER)),
             CLIPVisionConfig(**VISION_TOWER),
@@ -76,7 +55,7 @@ def test_torch_init_follows_rules():
     from clip_torch import CLIPModel
 
     torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig.from_dict(CONFIG))
+    model = CLIPModel(CLIPConfig.from_dict(WIDE))
     check_state(model.canonical_state(), model.config, "clip_torch")
 
 
@@ -85,7 +64,7 @@ def test_tf_init_follows_rules():
     from clip_tf import TFCLIPModel
 
     keras.utils.set_random_seed(0)
-    model = TFCLIPModel(CLIPConfig.from_dict(CONFIG))
+    model = TFCLIPModel(CLIPConfig.from_dict(WIDE))
     check_state(model.canonical_state(), model.config, "clip_tf")
 
 
@@ -93,5 +72,5 @@ def test_flax_init_follows_rules():
     pytest.importorskip("jax")
     from clip_flax import FlaxCLIPModel
 
-    model = FlaxCLIPModel(CLIPConfig.from_dict(CONFIG), seed=0)
+    model = FlaxCLIPModel(CLIPConfig.from_dict(WIDE), seed=0)
     check_state(model.canonical_state(), model.config, "clip_flax")

@@ -7,11 +7,11 @@ import re
 
 import numpy as np
 
-from clip_core.config import CLIPConfig
 from clip_core.image_processing import CLIPImageProcessor
 from clip_core.processing import CLIPProcessor
 from clip_core.tokenization_fast import CLIPTokenizerFast
 from clip_core.weights import random_state, save_state_dict
+from tests.tiny_configs import clip_config
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -24,13 +24,7 @@ def usage_blocks() -> list[str]:
 
 
 def tiny_folder(folder) -> None:
-    config = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32
-        ),
-        projection_dim=16,
-    )
+    config = clip_config()  # the full vocabulary, for the real tokenizer
     save_state_dict(random_state(config), folder)
     config.save_pretrained(folder)
     processor = CLIPProcessor(

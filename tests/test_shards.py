@@ -1,18 +1,25 @@
-"""Webdataset tar shards: brace patterns, samples grouped by key, resume, splits, bad shards."""
+"""Webdataset tar shards: brace patterns, samples grouped by key, resume, splits, bad shards, counts and
+fingerprints. ``write_shard`` / ``write_shards`` are also the training tests' data."""
 
 import io
 import json
+import os
+import shutil
 import tarfile
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from clip_core.shards import (
     ShardError,
+    count_samples,
     expand_braces,
     iter_samples,
     list_shards,
     sample_caption,
     sample_image,
+    shards_fingerprint,
     split_shards,
 )
 
@@ -25,6 +32,24 @@ def write_shard(path, samples):
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(folder, n_shards=8, per_shard=6, captionless=(), size=(16, 20)) -> str:
+    """n_shards shards of per_shard (png, txt) samples of random pixels, as img2dataset lays them out;
+    the shards in ``captionless`` have images only. Returns the brace pattern naming them all."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for s in range(n_shards):
+        samples = []
+        for i in range(per_shard):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(buf, "PNG")
+            fields = {"png": buf.getvalue()}
+            if s not in captionless:
+                fields["txt"] = f"a picture number {s * per_shard + i}".encode()
+            samples.append((f"{s:03d}/{s * per_shard + i:06d}", fields))
+        write_shard(os.path.join(folder, f"s-{s:03d}.tar"), samples)
+    return os.path.join(folder, f"s-{{000..{n_shards - 1:03d}}}.tar")
 
 
 def test_expand_braces():
@@ -76,3 +101,22 @@ def test_corrupt_shard_is_named(tmp_path):
     (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 100)
     with pytest.raises(ShardError, match="junk.tar"):
         list(iter_samples(str(tmp_path / "junk.tar")))
+
+
+def test_count_samples_reads_headers_only_and_fingerprint_follows_names_and_sizes(tmp_path):
+    pattern = write_shards(str(tmp_path / "a"), n_shards=3, per_shard=5)
+    shards = list_shards(pattern)
+    assert [count_samples(p) for p in shards] == [5, 5, 5]
+    assert count_samples(shards[0]) == len(list(iter_samples(shards[0])))
+    # The same files mounted elsewhere: the same fingerprint; one file fewer or changed: another.
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    moved = list_shards(str(tmp_path / "b" / "*.tar"))
+    assert shards_fingerprint(moved) == shards_fingerprint(shards)
+    assert shards_fingerprint(moved[:2]) != shards_fingerprint(shards)
+    with open(moved[1], "ab") as f:
+        f.write(b"\0" * 512)
+    assert shards_fingerprint(moved) != shards_fingerprint(shards)
+    path = tmp_path / "cut.tar"
+    path.write_bytes(open(shards[0], "rb").read()[:2000])
+    with pytest.raises(ShardError, match="cut.tar"):
+        count_samples(str(path))

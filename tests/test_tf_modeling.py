@@ -1,8 +1,9 @@
 """clip_tf against transformers 4.57.6 on the same weights: TF classes, and PyTorch where TF has none.
 
-Each config builds one seeded transformers PyTorch CLIPModel (every parameter perturbed, so that a
-LayerNorm gamma/beta or bias mix-up cannot hide behind default initial values), saves it as a
-safetensors folder, and loads that folder into transformers' TF classes (from_pt=True) and into ours.
+Each parity config's reference checkpoint (tests/conftest.py: a seeded transformers PyTorch CLIPModel,
+every parameter perturbed so that a LayerNorm gamma/beta or bias mix-up cannot hide behind default
+initial values, saved as a safetensors folder) is loaded into transformers' TF classes (from_pt=True)
+and into ours.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from transformers import TFCLIPModel as HFTFCLIPModel  # noqa: E402
 from transformers import TFCLIPTextModel as HFTFCLIPTextModel  # noqa: E402
 from transformers import TFCLIPVisionModel as HFTFCLIPVisionModel  # noqa: E402
 
-from clip_core.config import CLIPConfig  # noqa: E402
 from clip_core.weights import from_channels_last  # noqa: E402
 from clip_tf import (  # noqa: E402
     TFCLIPModel,
@@ -34,54 +34,31 @@ from clip_tf import (  # noqa: E402
     TFCLIPVisionModelWithProjection,
 )
 from clip_tf.modeling import canonical_name  # noqa: E402
-from tests.tiny_configs import BAD_INPUTS, CONFIGS, assert_close, bad_ids, bad_pixels, padded_texts  # noqa: E402
+from tests.tiny_configs import (  # noqa: E402
+    BAD_INPUTS,
+    Reference,
+    assert_close,
+    assert_tower_output,
+    bad_ids,
+    bad_pixels,
+    clip_batch,
+    clip_config,
+    random_pixels,
+)
 
 
-class Reference:
-    """One config's weights in transformers' torch and TF classes and in ours, plus inputs."""
+class TFReference(Reference):
+    """transformers' TF CLIPModel (from_pt=True) and ours on the reference checkpoint."""
 
-    def __init__(self, name: str, folder: str):
-        cfg = CONFIGS[name]
-        torch.manual_seed(0)
-        self.hf_config = transformers.CLIPConfig(**cfg)
-        self.torch_model = transformers.CLIPModel(self.hf_config).eval()
-        with torch.no_grad():
-            for param in self.torch_model.parameters():
-                param.add_(0.05 * torch.randn_like(param))
-            self.torch_model.logit_scale.fill_(2.9 if name.startswith("quick") else 1.3)
-        self.torch_model.save_pretrained(folder)
-        self.folder = folder
-        self.config = CLIPConfig.from_pretrained(folder)
+    def __init__(self, folder: str):
+        super().__init__(folder)
         self.hf_tf = HFTFCLIPModel.from_pretrained(folder, from_pt=True)
         self.ours = TFCLIPModel.from_pretrained(folder)
-        ids, mask = padded_texts(self.config.text_config)
-        self.input_ids, self.attention_mask = ids.astype(np.int32), mask.astype(np.int32)
-        rng = np.random.default_rng(1)
-        size = self.config.vision_config.image_size
-        self.pixel_values = rng.standard_normal((3, 3, size, size)).astype(np.float32)
-
-    def torch_inputs(self, **arrays):
-        return {
-            k: torch.from_numpy(np.asarray(v)).long() if "ids" in k or "mask" in k else torch.from_numpy(v)
-            for k, v in arrays.items()
-        }
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
-def ref(request, tmp_path_factory):
-    return Reference(request.param, str(tmp_path_factory.mktemp(request.param)))
-
-
-def assert_tower_output(ours, theirs, what):
-    """BaseModelOutputWithPooling fields, every hidden state and attention map."""
-    assert_close(ours.last_hidden_state, theirs.last_hidden_state, f"{what}.last_hidden_state")
-    assert_close(ours.pooler_output, theirs.pooler_output, f"{what}.pooler_output")
-    assert len(ours.hidden_states) == len(theirs.hidden_states)
-    for i, (a, b) in enumerate(zip(ours.hidden_states, theirs.hidden_states)):
-        assert_close(a, b, f"{what}.hidden_states[{i}]")
-    assert len(ours.attentions) == len(theirs.attentions)
-    for i, (a, b) in enumerate(zip(ours.attentions, theirs.attentions)):
-        assert_close(a, b, f"{what}.attentions[{i}]")
+@pytest.fixture(scope="module")
+def ref(reference_folder):
+    return TFReference(reference_folder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +191,7 @@ def test_interpolate_pos_encoding_matches_transformers_torch(ref, scale):
     grid = vision.image_size // vision.patch_size
     height = max(1, round(grid * scale[0])) * vision.patch_size
     width = round(grid * scale[1]) * vision.patch_size
-    pixels = np.random.default_rng(2).standard_normal((3, 3, height, width)).astype(np.float32)
+    pixels = random_pixels(vision, seed=2, height=height, width=width)
     inputs = ref.torch_inputs(input_ids=ref.input_ids, attention_mask=ref.attention_mask, pixel_values=pixels)
     with torch.no_grad():
         theirs = ref.torch_model(**inputs, interpolate_pos_encoding=True, output_hidden_states=True)
@@ -314,11 +291,7 @@ def test_eager_function_and_xla_agree(ref):
             f"{what} hidden_states",
         )
     vision = ref.config.vision_config
-    bigger = (
-        np.random.default_rng(3)
-        .standard_normal((2, 3, vision.image_size + vision.patch_size, vision.image_size))
-        .astype(np.float32)
-    )
+    bigger = random_pixels(vision, batch=2, seed=3, height=vision.image_size + vision.patch_size)
     features = tf.function(
         lambda p: model.get_image_features(pixel_values=p, interpolate_pos_encoding=True), jit_compile=True
     )
@@ -336,24 +309,9 @@ def test_eager_function_and_xla_agree(ref):
 def test_fit_lowers_contrastive_loss():
     # One layer per tower: tracing Keras' train step costs seconds per layer on a busy CPU.
     keras.utils.set_random_seed(0)
-    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    config = CLIPConfig.from_dict(
-        dict(
-            text_config=dict(tower, vocab_size=64, max_position_embeddings=8, eos_token_id=63),
-            vision_config=dict(tower, image_size=16, patch_size=8),
-            projection_dim=16,
-        )
-    )
+    config = clip_config("micro")
     model = TFCLIPModel(config)
-    rng = np.random.default_rng(0)
-    ids = rng.integers(0, 63, size=(8, 8)).astype(np.int32)
-    ids[:, -1] = 63
-    data = {
-        "input_ids": ids,
-        "attention_mask": np.ones_like(ids),
-        "pixel_values": rng.standard_normal((8, 3, 16, 16)).astype(np.float32),
-    }
-    dataset = tf.data.Dataset.from_tensor_slices(data).batch(4)
+    dataset = tf.data.Dataset.from_tensor_slices(clip_batch(config, 8)).batch(4)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     losses = model.fit(dataset, epochs=4, verbose=0).history["loss"]
     assert len(losses) == 4 and all(np.isfinite(losses))
@@ -448,7 +406,7 @@ def test_other_keras_backend_is_refused():
 
 @pytest.fixture(scope="module")
 def tiny():
-    return TFCLIPModel(CLIPConfig.from_dict(CONFIGS["quick_gelu-eos49407"]))
+    return TFCLIPModel(clip_config())
 
 
 @pytest.mark.parametrize("kwargs, message", BAD_INPUTS)

@@ -1,9 +1,9 @@
 """clip_torch against transformers 4.57.6's PyTorch classes on the same weights.
 
-Each config builds one seeded transformers CLIPModel (every parameter perturbed, so that a LayerNorm
-weight/bias or bias mix-up cannot hide behind default initial values, and a non-default
-logit_scale), saves it as a safetensors folder, and loads that folder into transformers' classes
-(eager attention where attention maps are compared, sdpa otherwise) and into ours.
+Each parity config's reference checkpoint (tests/conftest.py: a seeded transformers CLIPModel, every
+parameter perturbed so that a LayerNorm weight/bias or bias mix-up cannot hide behind default initial
+values, a non-default logit_scale, saved as a safetensors folder) is loaded into transformers'
+classes (eager attention where attention maps are compared, sdpa otherwise) and into ours.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import pytest
 transformers = pytest.importorskip("transformers")
 import torch  # noqa: E402
 
-from clip_core.config import CLIPConfig  # noqa: E402
 from clip_core.weights import canonical_shapes  # noqa: E402
 from clip_torch import (  # noqa: E402
     CLIPModel,
@@ -23,36 +22,29 @@ from clip_torch import (  # noqa: E402
     CLIPVisionModel,
     CLIPVisionModelWithProjection,
 )
+from tests.tiny_configs import (  # noqa: E402
+    BAD_INPUTS,
+    Reference,
+    assert_close,
+    bad_ids,
+    bad_pixels,
+    clip_config,
+    random_pixels,
+)
 
-ATOL = 1e-5
 
-from tests.tiny_configs import BAD_INPUTS, CONFIGS, padded_texts  # noqa: E402
+class TorchReference(Reference):
+    """transformers' CLIPModel (eager and sdpa) and ours on the reference checkpoint; inputs as tensors."""
 
-LOGIT_SCALES = {"quick_gelu-eos49407": 2.9, "gelu-eos2": 1.3}
-
-
-class Reference:
-    """One config's weights in transformers' CLIPModel (eager and sdpa) and in ours, plus inputs."""
-
-    def __init__(self, name: str, folder: str):
-        torch.manual_seed(0)
-        self.hf_config = transformers.CLIPConfig(**CONFIGS[name])
-        model = transformers.CLIPModel(self.hf_config).eval()
-        with torch.no_grad():
-            for param in model.parameters():
-                param.add_(0.05 * torch.randn_like(param))
-            model.logit_scale.fill_(LOGIT_SCALES[name])
-        model.save_pretrained(folder)
-        self.folder = folder
-        self.config = CLIPConfig.from_pretrained(folder)
+    def __init__(self, folder: str):
+        super().__init__(folder)
         self.eager = transformers.CLIPModel.from_pretrained(folder, attn_implementation="eager").eval()
         self.sdpa = transformers.CLIPModel.from_pretrained(folder, attn_implementation="sdpa").eval()
         self.ours = CLIPModel.from_pretrained(folder)
-        self.input_ids, self.attention_mask = map(torch.from_numpy, padded_texts(self.config.text_config))
-        size = self.config.vision_config.image_size
-        self.pixel_values = torch.from_numpy(
-            np.random.default_rng(1).standard_normal((3, 3, size, size)).astype(np.float32)
+        self.input_ids, self.attention_mask = (
+            torch.from_numpy(x).long() for x in (self.input_ids, self.attention_mask)
         )
+        self.pixel_values = torch.from_numpy(self.pixel_values)
 
     def inputs(self, **extra):
         return dict(
@@ -63,16 +55,9 @@ class Reference:
         )
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
-def ref(request, tmp_path_factory):
-    return Reference(request.param, str(tmp_path_factory.mktemp(request.param)))
-
-
-def assert_close(ours, theirs, what, atol=ATOL):
-    ours, theirs = torch.as_tensor(ours).detach().float(), torch.as_tensor(theirs).detach().float()
-    assert ours.shape == theirs.shape, f"{what}: shape {tuple(ours.shape)} vs {tuple(theirs.shape)}"
-    diff = (ours - theirs).abs().max().item() if ours.numel() else 0.0
-    assert diff <= atol, f"{what}: max abs diff {diff:.3g} > {atol}"
+@pytest.fixture(scope="module")
+def ref(reference_folder):
+    return TorchReference(reference_folder)
 
 
 def assert_fields(ours, theirs, what):
@@ -180,9 +165,7 @@ def test_interpolate_pos_encoding_matches_transformers(ref, scale):
     grid = vision.image_size // vision.patch_size
     height = max(1, round(grid * scale[0])) * vision.patch_size
     width = round(grid * scale[1]) * vision.patch_size
-    pixels = torch.from_numpy(
-        np.random.default_rng(2).standard_normal((3, 3, height, width)).astype(np.float32)
-    )
+    pixels = torch.from_numpy(random_pixels(vision, seed=2, height=height, width=width))
     kwargs = ref.inputs(interpolate_pos_encoding=True, output_hidden_states=True, return_loss=True)
     kwargs["pixel_values"] = pixels
     with torch.no_grad():
@@ -228,7 +211,7 @@ def test_loss_gradients_match_transformers(ref, checkpointing):
 
 
 def test_gradient_checkpointing_switch():
-    config = CLIPConfig.from_dict(CONFIGS["quick_gelu-eos49407"])
+    config = clip_config()
     model = CLIPModel(config)
     encoders = [model.text_model.encoder, model.vision_model.encoder]
     assert not model.is_gradient_checkpointing and not any(e.gradient_checkpointing for e in encoders)
@@ -369,15 +352,15 @@ def test_bfloat16_save_and_load(ref, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny():
-    return CLIPModel(CLIPConfig.from_dict(CONFIGS["quick_gelu-eos49407"]))
+    return CLIPModel(clip_config())
 
 
-def _ids(batch=2, seq=5):
-    return torch.full((batch, seq), 7)
+def _ids(**kwargs):
+    return torch.from_numpy(bad_ids(**kwargs)).long()
 
 
-def _pixels(batch=2, size=32):
-    return torch.zeros((batch, 3, size, size))
+def _pixels(**kwargs):
+    return torch.from_numpy(bad_pixels(**kwargs))
 
 
 def _as_torch(kwargs: dict) -> dict:
@@ -407,8 +390,6 @@ def test_bad_inputs_to_towers_and_features(tiny):
     with pytest.raises(ValueError, match="You have to specify pixel_values"):
         CLIPVisionModelWithProjection(tiny.config.vision_config)()
     with pytest.raises(ValueError, match="hidden_act"):
-        CLIPTextModel(
-            CLIPConfig.from_dict(CONFIGS["quick_gelu-eos49407"]).text_config.__class__(hidden_act="swish2")
-        )
+        CLIPTextModel(clip_config().text_config.__class__(hidden_act="swish2"))
     with pytest.raises(ValueError, match="dtype must be one of"):
         CLIPModel.from_pretrained("/nonexistent", dtype="float8")

@@ -26,15 +26,15 @@ import jax.numpy as jnp  # noqa: E402
 from clip_flax import FlaxCLIPModel  # noqa: E402
 from clip_flax import data as D  # noqa: E402
 from clip_flax import training as T  # noqa: E402
-from tests.training_sharded_step import micro_config, random_batch  # noqa: E402
+from tests.tiny_configs import clip_batch, clip_config  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
 def _model(params=None):
-    model = FlaxCLIPModel(micro_config(), _do_init=False)
-    model.params = T.init_params(micro_config(), seed=0) if params is None else params
+    model = FlaxCLIPModel(clip_config("micro"), _do_init=False)
+    model.params = T.init_params(clip_config("micro"), seed=0) if params is None else params
     return model
 
 
@@ -45,7 +45,7 @@ def micro_model():
 
 @pytest.fixture(scope="module")
 def batch():
-    return random_batch(micro_config(), 16, seed=1)
+    return clip_batch(clip_config("micro"), 16, seed=1)
 
 
 def _one_step(model, batch, **cfg):
@@ -66,23 +66,34 @@ def _max_diff(a, b) -> float:
 # -- sharding -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sharded_steps():
-    """One step on 1 device, on a 2x4 (data x fsdp) mesh, and on that mesh in 2 micro-batches."""
-    # LLVM's optimisation level 0: a third less compile time; the comparison is within one process.
-    flags = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+def sharded_step_subprocess(devices: int, *args: str, flags: str = "", timeout: int = 900) -> dict:
+    """tests/training_sharded_step.py with ``devices`` simulated CPU devices; its JSON output."""
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {flags}",
+        "JAX_PLATFORMS": "cpu",
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.training_sharded_step", "--mesh", "2x4", "--mesh", "2x4:2"],
+        [sys.executable, "-m", "tests.training_sharded_step", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["devices"] == 8
+    assert out["devices"] == devices
+    return out
+
+
+@pytest.fixture(scope="module")
+def sharded_steps():
+    """One step on 1 device, on a 2x4 (data x fsdp) mesh, and on that mesh in 2 micro-batches."""
+    # LLVM's optimisation level 0: a third less compile time; the comparison is within one process.
+    out = sharded_step_subprocess(
+        8, "--mesh", "2x4", "--mesh", "2x4:2", flags="--xla_backend_optimization_level=0"
+    )
     return out["meshes"]
 
 
@@ -223,7 +234,7 @@ def test_loader_replaces_images_that_fail_to_decode(tmp_path):
         "".join(json.dumps({"image": n, "caption": f"picture {i}"}) + "\n" for i, n in enumerate(names))
     )
     ds = D.CaptionDataset(str(tmp_path), str(tmp_path / "caps.jsonl"), verify_images=False)
-    processor = D.make_processor(micro_config())
+    processor = D.make_processor(clip_config("micro"))
     loader = D.BatchLoader(ds, np.arange(10), 8, processor, 8, seed=0, prefetch=0)
     # One batch per epoch (10 // 8): take an epoch whose batch includes the broken image.
     step = next(s for s in range(20) if 3 in D.epoch_order(np.arange(10), 0, s)[:8])
@@ -238,7 +249,7 @@ def test_loader_replaces_images_that_fail_to_decode(tmp_path):
 
 def test_shuffle_is_deterministic_per_epoch_and_prefetch_keeps_order():
     ds = D.SyntheticShapes(40, image_size=16, seed=3)
-    processor = D.make_processor(micro_config())
+    processor = D.make_processor(clip_config("micro"))
     indices = np.arange(5, 37)
     make = lambda seed, prefetch: D.BatchLoader(ds, indices, 8, processor, 8, seed=seed, prefetch=prefetch)  # noqa: E731
     a = [b["index"].tolist() for _, b in make(0, 2).iter_from(0, 8)]
@@ -289,7 +300,7 @@ def cli_runs(tmp_path_factory):
     from clip_flax.cli import run
 
     tmp = tmp_path_factory.mktemp("finetune")
-    micro_config().save_pretrained(str(tmp / "cfg"))
+    clip_config("micro").save_pretrained(str(tmp / "cfg"))
     common = ["--config", str(tmp / "cfg"), "--synthetic", "1200", "--eval-fraction", "0.1",
               "--steps", str(STEPS), "--batch-size", "64", "--lr", "3e-3", "--warmup", "5",
               "--eval-every", str(STEPS), "--no-progress", "--log-every", "20",
@@ -313,7 +324,7 @@ def test_resume_reproduces_uninterrupted_losses(cli_runs):
     assert len(set(full["losses"].values())) == STEPS
     assert second["evals"][-1] == full["evals"][-1]
     reloaded = FlaxCLIPModel.from_pretrained(str(cli_runs["tmp"] / "out"))
-    assert reloaded.config == micro_config()
+    assert reloaded.config == clip_config("micro")
 
 
 def test_short_run_from_scratch_beats_chance_zero_shot(cli_runs):
@@ -326,3 +337,229 @@ def test_short_run_from_scratch_beats_chance_zero_shot(cli_runs):
     assert end["i2t_r@5"] > start["i2t_r@5"]
     lines = [json.loads(x) for x in open(cli_runs["tmp"] / "m.jsonl")]
     assert sum("loss" in x for x in lines) == STEPS and any("examples_per_s" in x for x in lines)
+
+
+# -- sigmoid loss -----------------------------------------------------------------------------------
+
+
+def test_sigmoid_loss_is_siglips_formula():
+    rng = np.random.default_rng(0)
+    text, image = (rng.normal(size=(6, 4)).astype(np.float32) for _ in range(2))
+    scale, bias = np.float32(np.log(10.0)), np.float32(-10.0)
+    logits = np.exp(np.float64(scale)) * image.astype(np.float64) @ text.T.astype(np.float64) + bias
+    labels = 2 * np.eye(6) - 1  # image i with text i is the positive pair
+    expected = np.mean(np.sum(np.log1p(np.exp(-labels * logits)), axis=1))
+    assert float(jax.jit(T.sigmoid_loss)(text, image, scale, bias)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_chunked_sigmoid_loss_equals_unchunked_on_4_devices():
+    """The ring of ppermutes over 4 simulated devices (meshes 2x2 and 4x1) gives the unchunked loss and
+    gradients, and its program passes texts around instead of gathering them (one device: no ring)."""
+    out = sharded_step_subprocess(
+        4, "--sigmoid", "--mesh", "2x2", "--mesh", "4x1", "--mesh", "1x1", timeout=300
+    )
+    assert sorted(out["sigmoid"]) == ["1x1", "2x2", "4x1"]
+    for name, check in out["sigmoid"].items():
+        assert check["loss"] > 1.0, name  # SigLIP's bias init: a large loss at the start
+        assert check["loss_diff"] <= 1e-5 * check["loss"], name
+        for diff, norm in zip(check["grad_diffs"], check["grad_norms"]):
+            assert norm > 1e-3 and diff <= 1e-5 * max(1.0, norm), (name, check)
+        ring = check["collective_permutes"] >= 1 if name != "1x1" else check["collective_permutes"] == 0
+        assert ring and check["all_gathers"] == 0, (name, check)
+
+
+def test_sigmoid_trainer_holds_logit_bias_beside_the_model(micro_model):
+    trainer = T.Trainer(micro_model, T.TrainConfig(loss="sigmoid", total_steps=10), donate=False)
+    state = trainer.init_state()
+    assert float(state.params["logit_bias"]) == T.SIGLIP_LOGIT_BIAS_INIT
+    assert "logit_bias" in trainer.abstract_state().params
+    assert "logit_bias" not in T.model_params(state.params)
+    assert T.decay_mask({"logit_bias": jnp.zeros(())})["logit_bias"] is False
+    with pytest.raises(ValueError, match="loss"):
+        T.TrainConfig(loss="hinge")
+
+
+# -- several hosts --------------------------------------------------------------------------------
+
+
+def test_hybrid_mesh_keeps_fsdp_within_a_host():
+    from types import SimpleNamespace
+
+    # 2 hosts x 4 devices, listed interleaved: a plain reshape would put both hosts in one fsdp group.
+    devices = [
+        SimpleNamespace(id=i, process_index=i % 2, platform="cpu", device_kind="cpu") for i in range(8)
+    ]
+    hosts = lambda m: np.vectorize(lambda d: d.process_index)(m)  # noqa: E731
+    for fsdp in (1, 2, 4):
+        grid = hosts(T.mesh_devices(None, fsdp, devices))
+        assert grid.shape == (8 // fsdp, fsdp)
+        assert all(len(set(row)) == 1 for row in grid.tolist()), (fsdp, grid)  # fsdp within a host
+        assert grid[:, 0].tolist() == sorted(grid[:, 0].tolist())  # each host a contiguous data block
+    grid = hosts(T.mesh_devices(None, 8, devices))  # wider than a host: spans both
+    assert sorted(grid.ravel().tolist()) == [0] * 4 + [1] * 4
+    three = [
+        SimpleNamespace(id=i, process_index=i // 4, platform="cpu", device_kind="cpu") for i in range(12)
+    ]
+    with pytest.raises(ValueError, match="not a multiple of the 4 devices of each host"):
+        T.mesh_devices(None, 6, three)
+
+
+def test_hosts_agree_names_the_host_that_differs(monkeypatch):
+    fingerprint = "ab" * 32
+    assert T.hosts_agree(fingerprint, 10, "shards") is None  # one process: nothing to compare
+
+    def rows_of(values):
+        def gather(local):
+            return np.stack([local[0] if v is None else v for v in values])
+
+        return gather
+
+    same = np.asarray([*T._digest_words(fingerprint), 10, 0], np.int64)
+    other = np.asarray([*T._digest_words("cd" * 32), 9, 0], np.int64)
+    monkeypatch.setattr(T, "gather_rows", rows_of([None, same, other]))
+    with pytest.raises(T.HostsDisagree, match=r"host 2 \(9 files.*\) differs from hosts 0, 1 \(10 files"):
+        T.hosts_agree(fingerprint, 10, "shards", unit="files")
+    failed = np.asarray([0, 0, 0, 0, -1, 1], np.int64)
+    monkeypatch.setattr(T, "host_error", lambda host, timeout_s=10.0: "ShardError: s-7.tar is truncated")
+    monkeypatch.setattr(T, "gather_rows", rows_of([None, failed]))
+    with pytest.raises(T.HostsDisagree, match="failed on host 1: ShardError: s-7.tar is truncated"):
+        T.hosts_agree(fingerprint, 10, "shards")
+
+
+def test_initialize_distributed_passes_what_is_given(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    T.initialize_distributed()  # all auto-detected (TPU pods, SLURM, Open MPI)
+    T.initialize_distributed(None, 2, 1)  # the coordinator from JAX_COORDINATOR_ADDRESS
+    T.initialize_distributed("10.0.0.1:1234", 4, 0, [0, 1])
+    assert calls == [
+        {},
+        {"num_processes": 2, "process_id": 1},
+        {
+            "coordinator_address": "10.0.0.1:1234",
+            "num_processes": 4,
+            "process_id": 0,
+            "local_device_ids": [0, 1],
+        },
+    ]
+
+
+# -- streamed shards ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shard_files(tmp_path_factory):
+    from tests.test_shards import write_shards
+
+    pattern = write_shards(str(tmp_path_factory.mktemp("shards")), n_shards=6, per_shard=5)
+    from clip_core.shards import list_shards
+
+    return list_shards(pattern)
+
+
+def _batches(loader, start, stop, state=None):
+    return [(s, b) for s, b in loader.iter_from(start, stop, state=state)]
+
+
+def test_shard_stream_shuffles_and_visits_every_sample_once_per_epoch(shard_files):
+    mine = shard_files[:3]  # 15 samples, blocks of 4
+    stream = D.iter_stream(mine, seed=0, stream=1, block_size=4)
+    seen = [next(stream) for _ in range(30)]
+    epochs = [[item.caption for item, _ in seen[:15]], [item.caption for item, _ in seen[15:]]]
+    in_files = [f"a picture number {i}" for i in range(15)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(in_files)
+    assert epochs[0] != in_files and epochs[0] != epochs[1]
+    assert seen[14][1] == (1, 0, 0, 0, 0)  # after an epoch: the start of the next
+    # From any position, the stream continues exactly.
+    for k in (0, 3, 6, 14, 20):
+        again = D.iter_stream(mine, seed=0, stream=1, block_size=4, position=seen[k][1])
+        assert [next(again)[0].caption for _ in range(6)] == [item.caption for item, _ in seen[k + 1 : k + 7]]
+
+
+def test_shard_loader_hosts_read_their_own_shards_and_make_the_same_batches(shard_files):
+    processor = D.make_processor(clip_config("micro"))
+    make = lambda **kw: D.ShardLoader(shard_files, 8, processor, 8, num_streams=4, block_size=3, **kw)  # noqa: E731
+    one = _batches(make(), 0, 5)
+    hosts = [make(process_index=h, process_count=2) for h in range(2)]
+    assert not set(hosts[0].local_shards) & set(hosts[1].local_shards)
+    assert sorted(hosts[0].local_shards + hosts[1].local_shards) == shard_files
+    assert sum(h.count_local_samples() for h in hosts) == 30
+    parts = [_batches(h, 0, 5) for h in hosts]
+    for step in range(5):
+        for key in ("pixel_values", "input_ids", "attention_mask"):
+            joined = np.concatenate([parts[0][step][1][key], parts[1][step][1][key]])
+            np.testing.assert_array_equal(joined, one[step][1][key])
+    # Resumed from the positions saved with batch 2 (all streams' rows, as a checkpoint holds them):
+    # the same batches 3 and 4, on one host or two.
+    saved = one[2][1]["data_state"]
+    assert saved.shape == (4, 5)
+    for loader, rows in ((make(), saved), (hosts[1], saved)):
+        resumed = _batches(loader, 3, 5, state=rows)
+        expected = [b for _, b in one[3:]] if loader.streams == [0, 1, 2, 3] else [b for _, b in parts[1][3:]]
+        assert [s for s, _ in resumed] == [3, 4]
+        for (_, got), want in zip(resumed, expected):
+            np.testing.assert_array_equal(got["pixel_values"], want["pixel_values"])
+    with pytest.raises(D.DataError, match="multiple of the 4 data streams"):
+        D.ShardLoader(shard_files, 6, processor, 8, num_streams=4)
+    with pytest.raises(D.DataError, match="3 hosts"):
+        D.ShardLoader(shard_files, 8, processor, 8, num_streams=4, process_count=3)
+
+
+def test_shard_loader_skips_and_replaces_bad_samples(tmp_path):
+    from tests.test_shards import write_shard
+
+    good = lambda i: {"png": _png_bytes(i), "txt": f"good {i}".encode()}  # noqa: E731
+    samples = [(f"k{i}", good(i)) for i in range(6)]
+    samples[1] = ("k1", {"png": _png_bytes(1)})  # no caption: skipped when read
+    samples[3] = ("k3", {"png": b"\x89PNG not really", "txt": b"broken"})  # replaced when decoded
+    write_shard(str(tmp_path / "s.tar"), samples)
+    processor = D.make_processor(clip_config("micro"))
+    runs = []
+    for _ in range(2):
+        loader = D.ShardLoader([str(tmp_path / "s.tar")], 4, processor, 8, num_streams=1, block_size=1)
+        _, batch = next(loader.iter_from(0, 1))
+        runs.append((batch, loader.problems))
+    (batch, problems), (again, _) = runs
+    captions = [processor.tokenizer.decode(ids, skip_special_tokens=True) for ids in batch["input_ids"]]
+    # Blocks of 1 keep the file order; k3's slot takes the stream's next sample, k5.
+    assert captions == ["good 0", "good 2", "good 5", "good 4"]
+    assert any("k1: no caption" in p for p in problems) and any("k3: cannot decode" in p for p in problems)
+    np.testing.assert_array_equal(batch["pixel_values"], again["pixel_values"])
+    # Decoded on the loader's threads, one row at a time: the processor's own numbers.
+    import io
+
+    whole = processor.image_processor(Image.open(io.BytesIO(_png_bytes(4))), return_tensors="np")
+    np.testing.assert_array_equal(batch["pixel_values"][3], whole["pixel_values"][0])
+    # Epoch 0, block 5 next, from sample 6 of the first shard: all 6 samples were read (5 blocks of 1).
+    assert batch["data_state"].tolist() == [[0, 5, 0, 6, 0]]
+
+
+def _png_bytes(seed: int) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((12, 12, 3), seed * 30, np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_cli_rejects_bad_distributed_flags(capsys):
+    from clip_flax.cli import run
+
+    with pytest.raises(SystemExit) as e:
+        run(["--config", "tiny", "--synthetic", "10", "--local-device-ids", "0,x"])
+    assert (
+        e.value.code == 2 and "--local-device-ids must be comma-separated integers" in capsys.readouterr().err
+    )
+
+
+def test_shard_samples_hold_a_held_out_set(shard_files):
+    held = D.ShardSamples(shard_files[:2])
+    assert len(held) == 10 and held.label(3) == -1 and held.class_names == []
+    image, caption = held.load(7)
+    assert (
+        caption == held.caption(7) == "a picture number 7" and image.mode == "RGB" and image.size == (20, 16)
+    )
+    assert held.describe(7).endswith("s-001.tar:001/000007")
+    processor = D.make_processor(clip_config("micro"))
+    arrays = D.encode_eval_set(held, np.arange(len(held)), processor, 8)
+    assert arrays["pixel_values"].shape == (10, 3, 16, 16) and arrays["captions"][7] == "a picture number 7"

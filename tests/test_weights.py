@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 
-from clip_core.config import CLIPConfig
 from clip_core.formats import open_checkpoint
 from clip_core.weights import (
     CheckpointError,
@@ -17,6 +16,7 @@ from clip_core.weights import (
     select_for_model,
     tf_weight_name,
 )
+from tests.tiny_configs import assert_same_state, clip_config
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 ALL_FORMATS = ("safetensors", "pytorch", "tf", "flax")
@@ -28,34 +28,16 @@ FILES = {
 }
 
 
-def tiny_config():
-    small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    return CLIPConfig.from_dict(
-        {
-            "text_config": dict(small, vocab_size=99, max_position_embeddings=16),
-            "vision_config": dict(small, image_size=32, patch_size=8),
-            "projection_dim": 24,
-        }
-    )
-
-
 def random_state(dtype=np.float32, seed=0):
+    # Not clip_core.weights.random_state: values spanning many binades, so that any rounding on the
+    # way would change some bits.
     rng = np.random.default_rng(seed)
-    shapes = canonical_shapes(tiny_config(), "clip")
-    # Values spanning many binades, so that any rounding on the way would change some bits.
+    shapes = canonical_shapes(clip_config("small"), "clip")
     decades = 4 if np.dtype(dtype) == np.float16 else 30
     return {
         k: (rng.standard_normal(s) * 10.0 ** rng.integers(-decades, decades, size=s)).astype(dtype)
         for k, s in shapes.items()
     }
-
-
-def assert_bits_equal(ours, reference):
-    assert sorted(ours) == sorted(reference)
-    for name, ref in reference.items():
-        got = ours[name]
-        assert got.dtype == ref.dtype and got.shape == ref.shape, name
-        assert got.tobytes() == ref.tobytes(), name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +75,7 @@ def test_tf_names_both_ways(name, tf_name):
 
 
 def test_select_for_model_reports_names_and_shapes():
-    cfg = tiny_config()
+    cfg = clip_config("small")
     state = random_state()
     state["text_model.embeddings.position_ids"] = np.arange(16)[None]  # old buffer: ignored
     assert sorted(select_for_model(state, cfg, "clip")) == sorted(canonical_shapes(cfg, "clip"))
@@ -115,7 +97,11 @@ def test_select_for_model_reports_names_and_shapes():
 def test_random_state_fits_each_model_kind(kind):
     from clip_core.weights import random_state
 
-    cfg = tiny_config() if kind == "clip" else getattr(tiny_config(), f"{kind.split('_')[0]}_config")
+    cfg = (
+        clip_config("small")
+        if kind == "clip"
+        else getattr(clip_config("small"), f"{kind.split('_')[0]}_config")
+    )
     state = random_state(cfg, kind, seed=3)
     assert select_for_model(state, cfg, kind).keys() == canonical_shapes(cfg, kind).keys()
     assert all(v.dtype == np.float32 for v in state.values())
@@ -136,7 +122,7 @@ def test_every_format_round_trips_bit_exact(dtype, tmp_path):
     state = random_state(np.dtype(getattr(ml_dtypes, dtype, dtype)))
     for fmt in ALL_FORMATS:
         save_state_dict(state, tmp_path / fmt, formats=fmt)
-        assert_bits_equal(load_state_dict(tmp_path / fmt / FILES[fmt]), state)
+        assert_same_state(load_state_dict(tmp_path / fmt / FILES[fmt]), state)
 
 
 def test_bf16_files_read_by_the_reference_libraries(tmp_path):
@@ -181,8 +167,8 @@ def test_sharded_safetensors_and_bin_round_trip(tmp_path):
             names = [k for k, v in index["weight_map"].items() if v == shard]
             assert sum(state[k].nbytes for k in names) <= 20_000 or len(names) == 1
         assert all(str(tmp_path / s) in written for s in shards)
-    assert_bits_equal(load_state_dict(tmp_path), state)  # the safetensors index is preferred
-    assert_bits_equal(load_state_dict(tmp_path / "pytorch_model.bin.index.json"), state)
+    assert_same_state(load_state_dict(tmp_path), state)  # the safetensors index is preferred
+    assert_same_state(load_state_dict(tmp_path / "pytorch_model.bin.index.json"), state)
     # Saving unsharded again removes the stale shards and index.
     save_state_dict(state, tmp_path, formats="safetensors")
     assert sorted(p for p in os.listdir(tmp_path) if p.startswith("model")) == ["model.safetensors"]
@@ -202,7 +188,7 @@ def test_bin_holds_dtypes_with_and_without_a_typed_torch_storage(dtype, tmp_path
         "b.c": np.arange(7).astype(getattr(ml_dtypes, dtype, dtype)),
     }
     save_state_dict(state, tmp_path, formats="pytorch")
-    assert_bits_equal(load_state_dict(tmp_path), state)
+    assert_same_state(load_state_dict(tmp_path), state)
     by_torch = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
     for name, want in state.items():
         got = by_torch[name]
@@ -283,7 +269,7 @@ def test_bin_without_torch_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setitem(__import__("sys").modules, "torch", None)
     monkeypatch.setattr(formats, "_torch_available", lambda: False)
-    assert_bits_equal(load_state_dict(tmp_path), state)  # falls back to tf_model.h5
+    assert_same_state(load_state_dict(tmp_path), state)  # falls back to tf_model.h5
     with pytest.raises(CheckpointError, match="needs PyTorch"):
         load_state_dict(tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="needs PyTorch"):
@@ -339,4 +325,4 @@ def test_failed_save_leaves_the_previous_file_intact(fmt, target, attribute, tmp
         save_state_dict(random_state(seed=2), tmp_path, formats=fmt)
     assert (tmp_path / FILES[fmt]).read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == [FILES[fmt]]  # no temporary file left behind
-    assert_bits_equal(load_state_dict(tmp_path), old)
+    assert_same_state(load_state_dict(tmp_path), old)

@@ -1,7 +1,7 @@
 """Checkpoint formats against transformers 4.57.6, which writes the reference files.
 
-One tiny random CLIPModel (plus its text and vision towers) is saved by transformers in every
-format: torch (safetensors and pytorch_model.bin), TFCLIP*Model.from_pretrained(from_pt=True)
+The "small" reference checkpoint (tests/conftest.py; plus its text and vision towers) is saved by
+transformers in every format: torch (safetensors and pytorch_model.bin), TFCLIP*Model.from_pretrained(from_pt=True)
 .save_pretrained, and Flax through transformers' own PyTorch->Flax conversion. Our readers must
 return exactly the torch state_dict; our writers' files must load back into transformers with
 exactly the same weights.
@@ -18,8 +18,8 @@ transformers = pytest.importorskip("transformers")
 
 from clip_core.formats import open_checkpoint  # noqa: E402
 from clip_core.weights import load_state_dict, save_state_dict  # noqa: E402
+from tests.tiny_configs import assert_same_state  # noqa: E402
 
-TINY = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
 TOWERS = ("clip", "text", "vision")
 TORCH_CLASS = {"clip": "CLIPModel", "text": "CLIPTextModel", "vision": "CLIPVisionModel"}
 
@@ -34,24 +34,8 @@ def _restore_env():
     os.environ.update(before)
 
 
-def hf_config():
-    return transformers.CLIPConfig(
-        text_config=dict(TINY, vocab_size=99, max_position_embeddings=16),
-        vision_config=dict(TINY, image_size=32, patch_size=8),
-        projection_dim=24,
-    )
-
-
 def numpy_state(model) -> dict:
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def assert_same_state(ours: dict, reference: dict):
-    assert sorted(ours) == sorted(reference)
-    for name, ref in reference.items():
-        got = ours[name]
-        assert got.dtype == ref.dtype and got.shape == ref.shape, name
-        assert np.array_equal(got, ref), name
 
 
 def tf_weights(model) -> dict:
@@ -78,11 +62,10 @@ def save_flax_like_transformers(torch_model, folder):
 
 
 @pytest.fixture(scope="module")
-def refs(tmp_path_factory):
+def refs(tmp_path_factory, reference_checkpoint):
     """Per tower: torch numpy state, and folders written by transformers in every format."""
     root = tmp_path_factory.mktemp("refs")
-    torch.manual_seed(0)
-    full = transformers.CLIPModel(hf_config()).eval()
+    full = transformers.CLIPModel.from_pretrained(reference_checkpoint("small")).eval()
     out = {}
     for tower in TOWERS:
         model = (

@@ -8,6 +8,10 @@ from the repo root.
 
 Prints one JSON object: the largest parameter and loss differences per mesh, whether parameters were
 really split along "fsdp", and step times (``--time N`` repeats the step N times to time it).
+
+``--sigmoid`` checks the chunked sigmoid loss instead: on each mesh, its value and gradients (w.r.t.
+both embeddings, logit_scale and logit_bias) against the unchunked loss on one device, and the
+collectives in its compiled program (texts passed around with collective-permutes, never gathered).
 """
 
 from __future__ import annotations
@@ -22,48 +26,17 @@ import numpy as np
 
 from clip_core.config import CLIPConfig
 from clip_flax import FlaxCLIPModel
-from clip_flax.training import TrainConfig, Trainer, init_params, make_mesh, tiny_config
-
-MICRO = {
-    "projection_dim": 32,
-    "text_config": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "projection_dim": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "max_position_embeddings": 8,
-    },
-    "vision_config": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "projection_dim": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "image_size": 16,
-        "patch_size": 8,
-    },
-}
-
-
-def micro_config() -> CLIPConfig:
-    return CLIPConfig.from_dict(MICRO)
-
-
-def random_batch(config: CLIPConfig, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Token ids with varied lengths (each ending in <|endoftext|>) and random pixels."""
-    rng = np.random.default_rng(seed)
-    t, v = config.text_config, config.vision_config
-    length = t.max_position_embeddings
-    ids = np.full((batch, length), t.eos_token_id, np.int32)
-    mask = np.zeros((batch, length), np.int32)
-    for i in range(batch):
-        n = int(rng.integers(3, length + 1))
-        ids[i, 0] = t.bos_token_id
-        ids[i, 1 : n - 1] = rng.integers(0, 1000, n - 2)
-        mask[i, :n] = 1
-    pixels = rng.normal(0, 1, (batch, 3, v.image_size, v.image_size)).astype(np.float32)
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+from clip_flax.training import (
+    TrainConfig,
+    Trainer,
+    batch_sharding,
+    chunked_sigmoid_loss,
+    init_params,
+    make_mesh,
+    sigmoid_loss,
+    tiny_config,
+)
+from tests.tiny_configs import clip_batch, clip_config
 
 
 def one_step(model, cfg, mesh, batch, repeats: int = 0):
@@ -84,6 +57,34 @@ def one_step(model, cfg, mesh, batch, repeats: int = 0):
     return params, float(metrics["loss"]), seconds, str(kernel.sharding.spec)
 
 
+def sigmoid_check(mesh, batch: int = 16, dim: int = 8) -> dict:
+    """Chunked sigmoid loss on ``mesh`` vs the unchunked one on one device: value, gradients, collectives."""
+    rng = np.random.default_rng(0)
+    text, image = (rng.normal(size=(batch, dim)).astype(np.float32) for _ in range(2))
+    text /= np.linalg.norm(text, axis=-1, keepdims=True)
+    image /= np.linalg.norm(image, axis=-1, keepdims=True)
+    image[:4] = text[:4]  # a few matching pairs: positives with large logits
+    scalars = (np.float32(np.log(10.0)), np.float32(-3.0))
+    on_one = jax.device_put((text, image, *scalars), jax.devices()[0])
+    ref_loss, ref_grads = jax.jit(jax.value_and_grad(sigmoid_loss, argnums=(0, 1, 2, 3)))(*on_one)
+    chunked = jax.jit(
+        jax.value_and_grad(lambda t, i, s, b: chunked_sigmoid_loss(t, i, s, b, mesh), argnums=(0, 1, 2, 3))
+    )
+    sharded = [jax.device_put(x, batch_sharding(mesh)) for x in (text, image)]
+    loss, grads = chunked(*sharded, *scalars)
+    hlo = chunked.lower(*sharded, *scalars).compile().as_text()
+    return {
+        "loss": float(ref_loss),
+        "loss_diff": abs(float(loss) - float(ref_loss)),
+        "grad_diffs": [
+            float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(grads, ref_grads)
+        ],
+        "grad_norms": [float(np.max(np.abs(np.asarray(b)))) for b in ref_grads],
+        "collective_permutes": hlo.count("collective-permute("),
+        "all_gathers": hlo.count("all-gather("),
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="micro", choices=["micro", "tiny", "vit-b-32"])
@@ -92,12 +93,20 @@ def main(argv=None) -> int:
         "--mesh", action="append", default=[], help="DATAxFSDP[:ACCUM], e.g. 2x4 or 2x4:2 (repeatable)"
     )
     parser.add_argument("--time", type=int, default=0, help="also time N steps per mesh")
+    parser.add_argument("--sigmoid", action="store_true", help="check the chunked sigmoid loss instead")
     args = parser.parse_args(argv)
+    if args.sigmoid:
+        meshes = [tuple(int(x) for x in name.split("x")) for name in args.mesh or ["2x2"]]
+        out = {f"{d}x{f}": sigmoid_check(make_mesh(d, f, jax.devices()[: d * f])) for d, f in meshes}
+        print(json.dumps({"devices": jax.device_count(), "sigmoid": out}))
+        return 0
 
-    config = {"micro": micro_config, "tiny": tiny_config, "vit-b-32": CLIPConfig}[args.config]()
+    config = {"micro": lambda: clip_config("micro"), "tiny": tiny_config, "vit-b-32": CLIPConfig}[
+        args.config
+    ]()
     model = FlaxCLIPModel(config, _do_init=False)
     model.params = init_params(config, seed=0)
-    batch = random_batch(config, args.batch)
+    batch = clip_batch(config, args.batch)
 
     def train_config(accum: int = 1) -> TrainConfig:
         return TrainConfig(learning_rate=1e-3, total_steps=10, weight_decay=0.1, accum_steps=accum)

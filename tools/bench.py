@@ -1,10 +1,14 @@
 """Side-by-side speed of our backends and transformers', on the same weights, inputs and machine.
 
-    python -m tools.bench [--quick] [--only torch,tf] [--out bench.json]     (from the repo root)
+    python -m tools.bench [--quick] [--only torch,tf,race] [--compile] [--out bench.json]   (repo root)
 
 Every section builds its model from the same random ViT-B/32-shaped weights (fixed seed), times a
 warm-up and then the median of several runs, and reports ours and theirs from the same run as a
-ratio. The fp32 matmul figure measured first tells how far each number is from the machine's limit.
+ratio. The fp32 matmul rate measured first with every framework installed (numpy, torch, TF, XLA,
+jax, ONNX Runtime; the highest is the machine's ceiling) tells how far each number is from the
+machine's limit ("of peak"); the "race" section (tools/bench_race.py) puts every backend's CPU
+paths against ONNX Runtime. The load average before and after goes into the JSON: on a shared
+machine, rerun when it is quiet.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ SECTIONS = {
     "flax": "tools.bench_flax",
     "tokenizers": "tools.bench_tokenizers",
     "image": "tools.bench_image",
+    "race": "tools.bench_race",
 }
 
 
@@ -50,6 +55,7 @@ class BenchContext:
     attention_mask: np.ndarray
     batch: int = BATCH
     quick: bool = False
+    compile: bool = False  # also time torch.compile (minutes of compiling on a small CPU)
 
     def time(self, fn: Callable[[], object], warmup: int = 2, runs: int = 5) -> float:
         """Median seconds of one call of ``fn`` after ``warmup`` untimed calls."""
@@ -116,16 +122,21 @@ def make_context(quick: bool = False) -> BenchContext:
 
 
 def matmul_gflops(n: int = 2048, runs: int = 5) -> dict[str, float]:
-    """fp32 (and bf16 where torch has it) matmul throughput: the machine's ceiling for these models."""
+    """fp32 matmul throughput (n x n) in every framework installed, and bf16 where torch has it: the
+    machine's ceiling for these models is the highest fp32 figure, whichever library reaches it."""
     out = {}
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     flop = 2 * n**3
     out["numpy_fp32"] = flop / _best_of(lambda: a @ a, runs) / 1e9
+    for name, make in MATMULS.items():
+        try:
+            fn = make(a)
+        except ImportError:
+            continue
+        out[f"{name}_fp32"] = flop / _best_of(fn, runs) / 1e9
     try:
         import torch
 
-        t = torch.from_numpy(a)
-        out["torch_fp32"] = flop / _best_of(lambda: t @ t, runs) / 1e9
         # bf16 small and once: on CPUs without AVX512-BF16/AMX it runs at ~1 GFLOP/s.
         nb = 256
         tb = torch.from_numpy(a[:nb, :nb]).to(torch.bfloat16)
@@ -133,6 +144,53 @@ def matmul_gflops(n: int = 2048, runs: int = 5) -> dict[str, float]:
     except ImportError:
         pass
     return out
+
+
+def _torch_matmul(a):
+    import torch
+
+    t = torch.from_numpy(a)
+    return lambda: t @ t
+
+
+def _tf_matmul(a, jit: bool = False):
+    import tensorflow as tf
+
+    x = tf.constant(a)
+    fn = tf.function(lambda m: tf.matmul(m, m), jit_compile=jit)
+    return lambda: fn(x).numpy()
+
+
+def _jax_matmul(a):
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.asarray(a)
+    fn = jax.jit(lambda m: m @ m)
+    return lambda: fn(x).block_until_ready()
+
+
+def _ort_matmul(a):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    n = a.shape[0]
+    spec = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in ("A", "Y")]
+    graph = helper.make_graph([helper.make_node("MatMul", ["A", "A"], ["Y"])], "matmul", spec[:1], spec[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, {"A": a})
+
+
+MATMULS = {
+    "torch": _torch_matmul,
+    "tf": _tf_matmul,
+    "tf_xla": lambda a: _tf_matmul(a, jit=True),
+    "jax": _jax_matmul,
+    "onnxruntime": _ort_matmul,
+}
 
 
 def _best_of(fn: Callable[[], object], runs: int) -> float:
@@ -168,7 +226,7 @@ def print_table(rows: list[dict]) -> None:
     def number(value, spec):
         return format(value, spec) if value else "-"
 
-    table = [("section", "what", "ours", "value", "theirs", "value", "ratio", "unit")]
+    table = [("section", "what", "ours", "value", "theirs", "value", "ratio", "unit", "of peak")]
     for r in rows:
         table.append(
             (
@@ -180,10 +238,14 @@ def print_table(rows: list[dict]) -> None:
                 number(r.get("theirs_value"), ".1f"),
                 number(r.get("ratio"), ".2f") + ("x" if r.get("ratio") else ""),
                 r["unit"],
+                number(
+                    r.get("ours_fraction_of_fp32_matmul") and 100 * r["ours_fraction_of_fp32_matmul"], ".0f"
+                )
+                + ("%" if r.get("ours_fraction_of_fp32_matmul") else ""),
             )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    numeric = {3, 5, 6}
+    numeric = {3, 5, 6, 8}
     lines = [
         "  ".join(
             cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))
@@ -205,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", default="", help=f"comma-separated sections of: {', '.join(SECTIONS)}")
     parser.add_argument("--out", default="bench.json", help="where to write the table as JSON")
+    parser.add_argument(
+        "--compile", action="store_true", help="race: also time torch.compile (slow to compile)"
+    )
     args = parser.parse_args(argv)
 
     only = [s for s in args.only.split(",") if s]
@@ -212,16 +277,21 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}")
 
+    load_before = os.getloadavg()
     limits = matmul_gflops()
-    fp32_limit = max(v for k, v in limits.items() if k.endswith("fp32"))
+    best = max((k for k in limits if k.endswith("fp32")), key=limits.get)
+    fp32_limit = limits[best]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(f"load average before: {load_before[0]:.1f} (1 min), {load_before[1]:.1f} (5 min)")
     print("matmul GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in limits.items()))
     print(
+        f"ceiling: {best} {fp32_limit:.0f} GFLOP/s; "
         f"ViT-B/32: {GFLOP_PER_IMAGE} GFLOP/image -> fp32 ceiling {fp32_limit / GFLOP_PER_IMAGE:.1f} img/s; "
         f"{GFLOP_PER_TEXT} GFLOP/text -> {fp32_limit / GFLOP_PER_TEXT:.1f} texts/s\n"
     )
 
     ctx = make_context(quick=args.quick)
+    ctx.compile = args.compile
     rows: list[dict] = []
     for section, module_name in SECTIONS.items():
         if only and section not in only:
@@ -237,8 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
 
     print_table(rows)
+    load_after = os.getloadavg()
+    print(f"\nload average after: {load_after[0]:.1f} (1 min), {load_after[1]:.1f} (5 min)")
     with open(args.out, "w") as f:
-        json.dump({"matmul_gflops": limits, "batch": BATCH, "rows": rows}, f, indent=2)
+        report = {"matmul_gflops": limits, "ceiling": best, "batch": BATCH, "rows": rows}
+        json.dump({**report, "load_average": {"before": load_before, "after": load_after}}, f, indent=2)
     print(f"\nwrote {args.out}")
     return 0
 
