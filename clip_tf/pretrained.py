@@ -112,14 +112,6 @@ class TFCLIPPreTrainedModel(PretrainedModelMixin, keras.Model):
             )
         return super().compile(optimizer, *args, **kwargs)
 
-    @property
-    def _default_save_signature(self):
-        """What ``tf.saved_model.save(model, path)`` serves (Keras would guess float inputs from build
-        shapes): clip_tf.export.default_signature, a flat dict of the model's float32 outputs."""
-        from clip_tf.export import default_signature
-
-        return default_signature(self)
-
     # -- inputs ---------------------------------------------------------------------------
 
     def _text_inputs(self, config, input_ids, attention_mask, position_ids):
@@ -223,14 +215,15 @@ class TFCLIPPreTrainedModel(PretrainedModelMixin, keras.Model):
 
     @property
     def serving(self):
-        """A tf.function of a dict of inputs -> a dict of the output's tensors (the serving signature)."""
+        """A tf.function of a dict of inputs -> a dict of the output's tensors in float32 (the serving
+        signature)."""
         if "_serving_function" not in self.__dict__:
             self._serving_function = tf.function(self._serve)
         return self._serving_function
 
     def _serve(self, inputs):
         output = self(**inputs, return_dict=True, training=False)
-        return {key: value for key, value in output.items() if tf.is_tensor(value)}
+        return {key: tf.cast(value, tf.float32) for key, value in output.items() if tf.is_tensor(value)}
 
     def serving_signatures(self) -> dict:
         """{"serving_default": int32 inputs, "int64_serving": int64 inputs}, as transformers exports."""
