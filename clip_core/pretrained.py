@@ -210,6 +210,12 @@ def save_pretrained(
     return written + [config.save_pretrained(folder)]
 
 
+_NO_PUSH = (
+    "{name}: push_to_hub is not implemented here: save_pretrained(folder), then upload the folder with "
+    "huggingface_hub: HfApi().upload_folder(repo_id={repo_id!r}, folder_path=folder)"
+)
+
+
 class PretrainedModelMixin:
     """from_pretrained / save_pretrained / load_canonical_state over the backend's hooks.
 
@@ -323,6 +329,10 @@ class PretrainedModelMixin:
         """
         return self._save(save_directory, self.canonical_state(), formats, max_shard_size, **kwargs)
 
+    def push_to_hub(self, repo_id: str, *args, **kwargs):
+        """Not implemented here: the error says how to upload a saved folder instead."""
+        raise NotImplementedError(_NO_PUSH.format(name=type(self).__name__, repo_id=repo_id))
+
     def _save(
         self,
         save_directory,
@@ -335,7 +345,9 @@ class PretrainedModelMixin:
     ) -> list[str]:
         refused = {k: v for k, v in kwargs.items() if v not in (None, False)}
         if refused.get("push_to_hub"):
-            raise ValueError("push_to_hub is not supported: upload the folder with huggingface_hub instead")
+            raise ValueError(
+                _NO_PUSH.format(name=type(self).__name__, repo_id=kwargs.get("repo_id", "org/name"))
+            )
         if refused:
             raise TypeError(
                 f"{type(self).__name__}.save_pretrained does not support {sorted(refused)} "

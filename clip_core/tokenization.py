@@ -249,6 +249,7 @@ class _CLIPTokenizerBase:
         """transformers' other init keywords: padding_side, truncation_side, additional_special_tokens."""
         self.padding_side = kwargs.pop("padding_side", "right")
         self.truncation_side = kwargs.pop("truncation_side", "right")
+        self.name_or_path = str(kwargs.pop("name_or_path", "") or "")  # from_pretrained's argument
         additional = kwargs.pop("additional_special_tokens", None)
         unknown = sorted(set(kwargs) - self._IGNORED_INIT_KEYS)
         if unknown:
@@ -421,6 +422,10 @@ class _CLIPTokenizerBase:
         if token_ids_1 is None:
             return [1] + [0] * len(token_ids_0) + [1]
         return [1] + [0] * len(token_ids_0) + [1, 1] + [0] * len(token_ids_1) + [1]
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        """How many special tokens encoding adds: 2 (4 for a pair, as transformers counts it)."""
+        return len(self.build_inputs_with_special_tokens([], [] if pair else None))
 
     def create_token_type_ids_from_sequences(self, token_ids_0, token_ids_1=None) -> list[int]:
         """CLIP has no token types: zeros as long as the sequence with its special tokens."""
@@ -829,6 +834,7 @@ class _CLIPTokenizerBase:
             ]
         added = config.get("added_tokens_decoder") or {}
         kwargs["added_tokens"] = {_token_content(v): int(k) for k, v in added.items()}
+        kwargs["name_or_path"] = os.fspath(pretrained)
         if kwargs.get("model_max_length") is not None and kwargs["model_max_length"] >= _LARGE:
             kwargs["model_max_length"] = _UNLIMITED
         return folder, kwargs

@@ -60,6 +60,7 @@ class CLIPPreTrainedModel(PretrainedModelMixin, nn.Module):
         self.config = as_config(config, self.config_class)
         self.attn_implementation = check_attn_implementation(attn_implementation, default="sdpa")
         self._gradient_checkpointing = gradient_checkpointing
+        self.warnings_issued: dict = {}  # transformers' Trainer records its one-off warnings here
 
     def post_init(self):
         """Initialise the weights as transformers does, then apply the checkpointing switch."""
@@ -184,6 +185,8 @@ class CLIPPreTrainedModel(PretrainedModelMixin, nn.Module):
 
     framework = "pt"
     base_model_prefix = "clip"
+    supports_gradient_checkpointing = True
+    is_parallelizable = False
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """Parameter count, as transformers counts it (``exclude_embeddings``: without nn.Embedding tables)."""
@@ -213,6 +216,18 @@ class CLIPPreTrainedModel(PretrainedModelMixin, nn.Module):
         embeddings = self._embedding_owner()
         name = "token_embedding" if hasattr(embeddings, "token_embedding") else "patch_embedding"
         setattr(embeddings, name, value)
+
+    def enable_input_require_grads(self) -> None:
+        """Make the input embedding's output require grad, so gradient checkpointing works with frozen
+        embeddings (adapters, as transformers' helper)."""
+
+        def require_grad(module, inputs, output):
+            output.requires_grad_(True)
+
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(require_grad)
+
+    def disable_input_require_grads(self) -> None:
+        self._require_grads_hook.remove()
 
     def get_output_embeddings(self):
         return None  # CLIP has no language-model head

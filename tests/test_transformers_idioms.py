@@ -898,6 +898,37 @@ def _(ctx):
     losses[0].backward()  # gradients against transformers': tests/test_torch_modeling.py
 
 
+@idiom(
+    "trainer-hooks",
+    "torch API",
+    "torch",
+    "model.requires_grad_(False); model.enable_input_require_grads(); supports_gradient_checkpointing; "
+    "warnings_issued",
+)
+def _(ctx):
+    ours, theirs = load_both(ctx, "CLIPTextModel", ctx.pt)
+    ids = ctx.pt_inputs()["input_ids"]
+    for model in (ours, theirs):  # frozen embeddings, as under adapters with gradient checkpointing
+        model.requires_grad_(False)
+        assert not model(ids).last_hidden_state.requires_grad
+        model.enable_input_require_grads()
+    assert ours(ids).last_hidden_state.requires_grad and theirs(ids).last_hidden_state.requires_grad
+    for model in (ours, theirs):
+        model.disable_input_require_grads()
+    assert not ours(ids).last_hidden_state.requires_grad and not theirs(ids).last_hidden_state.requires_grad
+    for attr in ("supports_gradient_checkpointing", "is_parallelizable", "warnings_issued"):
+        assert getattr(ours, attr) == getattr(theirs, attr), attr
+
+
+@idiom("push_to_hub", "saving", "torch", 'model.push_to_hub("org/name")', "clear error")
+def _(ctx):
+    # transformers uploads; here an error names the way to do it (transformers itself needs the network).
+    with pytest.raises(NotImplementedError, match="upload_folder"):
+        ctx.torch_model.push_to_hub("org/name")
+    with pytest.raises(ValueError, match="upload_folder"):
+        ctx.torch_model.save_pretrained(ctx.folder("not-pushed"), push_to_hub=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # TensorFlow
 
@@ -1520,7 +1551,8 @@ def _(ctx):
     "tok-helpers",
     "tokenizers",
     "core",
-    "tokenizer.batch_decode(ids, skip_special_tokens=True); model_max_length; pad_token_id; len(tokenizer)",
+    "tokenizer.batch_decode(ids, skip_special_tokens=True); model_max_length; pad_token_id; len(tokenizer); "
+    "name_or_path; num_special_tokens_to_add()",
 )
 def _(ctx):
     def check(ours, theirs, name):
@@ -1541,6 +1573,9 @@ def _(ctx):
         ):
             assert getattr(ours, attr) == getattr(theirs, attr), (name, attr)
         assert len(ours) == len(theirs) and ours.special_tokens_map == theirs.special_tokens_map
+        assert ours.name_or_path == theirs.name_or_path and ours.name_or_path
+        for pair in (False, True):
+            assert ours.num_special_tokens_to_add(pair) == theirs.num_special_tokens_to_add(pair), name
         assert ours.tokenize(TEXTS[2]) == theirs.tokenize(TEXTS[2])
         assert ours.convert_tokens_to_ids(ours.tokenize(TEXTS[1])) == theirs.convert_tokens_to_ids(
             theirs.tokenize(TEXTS[1])
