@@ -64,8 +64,11 @@ class CLIPProcessor:
 
     @property
     def model_input_names(self) -> list[str]:
-        names = list(getattr(self.tokenizer, "model_input_names", ["input_ids", "attention_mask"]))
-        return names + [n for n in self.image_processor.model_input_names if n not in names]
+        """The inputs of each part in ``attributes`` order, as transformers lists them (pixels first)."""
+        names: list[str] = []
+        for part in self.attributes:
+            names += [n for n in getattr(self, part).model_input_names if n not in names]
+        return names
 
     def __call__(self, images=None, text=None, return_tensors=None, **kwargs) -> BatchFeature:
         # transformers 4.57 takes images first; text and images are usually passed by name.

@@ -1647,7 +1647,8 @@ def _(ctx):
     "processor",
     "processor",
     "core",
-    'processor(text=..., images=..., return_tensors="pt", padding="max_length", truncation=True)',
+    'processor(text=..., images=..., return_tensors="pt", padding="max_length", truncation=True); '
+    "processor.tokenizer / image_processor / model_input_names",
 )
 def _(ctx):
     ours, theirs = CLIPProcessor.from_pretrained(ctx.pt), transformers.CLIPProcessor.from_pretrained(ctx.pt)
@@ -1659,6 +1660,9 @@ def _(ctx):
             close(a[key], b[key], key)
     assert type(ours.tokenizer).__name__ == type(theirs.tokenizer).__name__
     assert type(ours.image_processor).__name__ == type(theirs.image_processor).__name__
+    assert ours.model_input_names == theirs.model_input_names and ours.attributes == theirs.attributes
+    for only in (dict(text=TEXTS, padding=True), dict(images=ctx.images)):  # one part alone
+        assert list(ours(**only, return_tensors="np")) == list(theirs(**only, return_tensors="np")), only
     ids = b["input_ids"]
     assert ours.batch_decode(ids, skip_special_tokens=True) == theirs.batch_decode(
         ids, skip_special_tokens=True
