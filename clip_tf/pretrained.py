@@ -49,6 +49,7 @@ class TFCLIPPreTrainedModel(PretrainedModelMixin, keras.Model):
     default_formats = ("tf",)  # tf_model.h5, as transformers' TF classes write and read (not safetensors)
     unsafe_format = "tf"
     framework = "tf"
+    base_model_prefix = "clip"
 
     def __init__(self, config, _do_init: bool = True, attn_implementation: str | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -177,6 +178,24 @@ class TFCLIPPreTrainedModel(PretrainedModelMixin, keras.Model):
             for name, var in self.canonical_variables().items()
             if (var.trainable or not only_trainable) and not (exclude_embeddings and is_embedding_table(name))
         )
+
+    def get_input_embeddings(self) -> keras.layers.Layer:
+        """The token embedding layer (its table is ``.embeddings``; transformers' ``.weight``) of text
+        models and TFCLIPModel, the patch embedding of vision models."""
+        tower = self.text_model if getattr(self, "text_model", None) is not None else self.vision_model
+        return getattr(tower.embeddings, "token_embedding", None) or tower.embeddings.patch_embedding
+
+    def set_input_embeddings(self, value) -> None:
+        """A new token table of the same shape (a tf.Variable or array, as transformers' TF models take)."""
+        layer = self.get_input_embeddings()
+        if not isinstance(layer, keras.layers.Embedding):
+            raise ValueError(f"{type(self).__name__} has no token embedding to set")
+        if tuple(value.shape) != tuple(layer.embeddings.shape):
+            raise ValueError(
+                f"set_input_embeddings: a table of shape {tuple(layer.embeddings.shape)} expected, got "
+                f"{tuple(value.shape)} (a new vocabulary size: resize with clip_torch, then convert)"
+            )
+        layer.embeddings.assign(tf.cast(value, layer.embeddings.dtype))
 
     def save_pretrained(
         self,

@@ -1068,6 +1068,28 @@ def _(ctx):
 
 
 @idiom(
+    "tf-input_embeddings",
+    "TF API",
+    "tf",
+    "text_model.get_input_embeddings(); set_input_embeddings(table); model.base_model_prefix",
+)
+def _(ctx):
+    import tensorflow as tf
+
+    from clip_tf import TFCLIPTextModel
+
+    ours = TFCLIPTextModel.from_pretrained(ctx.pt)
+    theirs = transformers.TFCLIPTextModel.from_pretrained(ctx.bin, from_pt=True)
+    table = ours.get_input_embeddings().embeddings.numpy()
+    np.testing.assert_array_equal(table, theirs.get_input_embeddings().weight.numpy())
+    ids = ctx.inputs["input_ids"]
+    ours.set_input_embeddings(table[::-1] * 2)  # a new table of the same shape
+    theirs.set_input_embeddings(tf.Variable(table[::-1] * 2))
+    close(ours(input_ids=ids).pooler_output, theirs(input_ids=ids).pooler_output, "pooler with the new table")
+    assert ctx.tf_model.base_model_prefix == ctx.hf_tf.base_model_prefix
+
+
+@idiom(
     "tf-config-flags",
     "configs",
     "tf",
