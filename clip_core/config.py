@@ -6,6 +6,7 @@ key found in a config.json is kept in ``extra`` and written back, so nothing is 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -13,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from clip_core.files import atomic_write_text, read_json, resolve_file
+from clip_core.files import HubOptions, atomic_write_text, read_json, resolve_file
 
 CONFIG_NAME = "config.json"
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu")
@@ -83,51 +84,187 @@ def _check_common(owner: str, cfg: Any) -> None:
     _check_number(owner, "initializer_factor", cfg.initializer_factor, 0)
 
 
+# transformers' PretrainedConfig attributes that every config has, with transformers' defaults. They
+# read as attributes of our configs; once set (by config.json, a keyword or an assignment) to
+# anything but the default they live in ``extra`` and are written back, as transformers writes
+# only what differs from the defaults.
+COMMON_DEFAULTS: dict[str, Any] = {
+    "return_dict": True,
+    "output_hidden_states": False,
+    "output_attentions": False,
+    "torchscript": False,
+    "dtype": None,
+    "use_bfloat16": False,
+    "tf_legacy_loss": False,
+    "pruned_heads": {},
+    "tie_word_embeddings": True,
+    "chunk_size_feed_forward": 0,
+    "is_encoder_decoder": False,
+    "is_decoder": False,
+    "add_cross_attention": False,
+    "architectures": None,
+    "finetuning_task": None,
+    "id2label": {0: "LABEL_0", 1: "LABEL_1"},
+    "label2id": {"LABEL_0": 0, "LABEL_1": 1},
+    "task_specific_params": None,
+    "problem_type": None,
+    "tokenizer_class": None,
+    "prefix": None,
+    "bos_token_id": None,
+    "pad_token_id": None,
+    "eos_token_id": None,
+    "sep_token_id": None,
+    "decoder_start_token_id": None,
+    "transformers_version": None,
+}
+
+
+def _json_value(name: str, value: Any) -> Any:
+    """A value as config.json stores it: dtypes by name, id2label keys as ints (JSON makes them str)."""
+    if name in ("dtype", "torch_dtype") and value is not None and not isinstance(value, str):
+        value = str(getattr(value, "name", None) or value).removeprefix("torch.")
+    if name == "id2label" and isinstance(value, dict):
+        value = {int(k): v for k, v in value.items()}
+    return value
+
+
+def _is_default(name: str, value: Any) -> bool:
+    return name in COMMON_DEFAULTS and value == COMMON_DEFAULTS[name]
+
+
 class _ConfigBase:
-    """Shared dict/JSON plumbing of the three config classes."""
+    """Shared dict/JSON plumbing of the three config classes, and transformers' attribute API.
+
+    Unknown attributes read from ``extra`` (then transformers' defaults, COMMON_DEFAULTS) and are
+    written there, so ``config.output_hidden_states = True`` is both seen by the models and saved.
+    """
 
     model_type: str = ""
 
     def __post_init__(self) -> None:
+        self.extra = {k: _json_value(k, v) for k, v in self.extra.items() if not _is_default(k, v)}
         self.validate()
 
     def validate(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def __getattr__(self, name: str) -> Any:  # only called when normal lookup fails
+        if name.startswith("__") or name == "extra":
+            raise AttributeError(name)
+        extra = self.__dict__.get("extra", {})
+        if name in ("dtype", "torch_dtype"):  # transformers 4.56 renamed torch_dtype to dtype
+            return extra.get("dtype", extra.get("torch_dtype"))
+        if name in extra:
+            return extra[name]
+        if name in COMMON_DEFAULTS:
+            return copy.deepcopy(COMMON_DEFAULTS[name])
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dataclass_fields__ or name.startswith("_") or hasattr(type(self), name):
+            object.__setattr__(self, name, value)
+            return
+        names = [n for n in ("dtype", "torch_dtype") if n in self.extra] or ["dtype"]
+        for key in names if name in ("dtype", "torch_dtype") else [name]:
+            value = _json_value(key, value)
+            if _is_default(key, value):
+                self.extra.pop(key, None)
+            else:
+                self.extra[key] = value
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def use_return_dict(self) -> bool:
+        return bool(self.return_dict) and not self.torchscript
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def name_or_path(self) -> str:
+        """The folder or Hub id the config was read from ("" when built in code)."""
+        return self.__dict__.get("_name_or_path", "")
 
     @classmethod
     def _known_fields(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
 
+    def to_diff_dict(self) -> dict[str, Any]:
+        """What config.json holds: the fields, and what ``extra`` holds (attributes set to non-defaults)."""
+        return self._as_dict(diff=True)
+
     def to_dict(self) -> dict[str, Any]:
-        out = dict(self.extra)
+        """The fields, ``extra``, and transformers' common attributes at their defaults when unset."""
+        return self._as_dict(diff=False)
+
+    def _as_dict(self, diff: bool) -> dict[str, Any]:
+        out = {} if diff else copy.deepcopy(COMMON_DEFAULTS)
+        out.update(copy.deepcopy(self.extra))
         for name in self._known_fields():
             value = getattr(self, name)
-            out[name] = value.to_dict() if isinstance(value, _ConfigBase) else value
+            out[name] = value._as_dict(diff) if isinstance(value, _ConfigBase) else value
         out["model_type"] = self.model_type
         return dict(sorted(out.items()))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], **overrides: Any):
+    def from_dict(cls, data: dict[str, Any], return_unused_kwargs: bool = False, **overrides: Any):
+        """A config from ``to_dict()`` / config.json contents; ``overrides`` set fields and
+        attributes after it is read (transformers' semantics: see ``from_pretrained``)."""
         if not isinstance(data, dict):
             raise ConfigError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
-        data = cls._prepare({**data, **overrides})
+        data = cls._prepare(dict(data))
         known = set(cls._known_fields())
         kwargs = {k: v for k, v in data.items() if k in known}
         extra = {k: v for k, v in data.items() if k not in known and k != "model_type"}
-        return cls(**kwargs, extra=extra)
+        config = cls(**kwargs, extra=extra)
+        return config._with_overrides(overrides, return_unused_kwargs, "from_dict")
+
+    def _with_overrides(self, overrides: dict[str, Any], return_unused_kwargs: bool, method: str):
+        """Set each override that names a field, a transformers attribute or a key of ``extra``;
+        the rest are returned (``return_unused_kwargs``) or refused, never dropped silently."""
+        unused = {}
+        for key, value in overrides.items():
+            if (
+                key in self._known_fields()
+                or key in COMMON_DEFAULTS
+                or key in self.extra
+                or key == "torch_dtype"
+            ):
+                setattr(self, key, value)
+            else:
+                unused[key] = value
+        if overrides:
+            self.validate()
+        if return_unused_kwargs:
+            return self, unused
+        if unused:
+            raise TypeError(
+                f"{type(self).__name__}.{method} got keyword arguments that are not config fields: "
+                f"{sorted(unused)} (pass return_unused_kwargs=True to get them back)"
+            )
+        return self
 
     @classmethod
     def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
         return data
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+    def to_json_string(self, use_diff: bool = True) -> str:
+        data = self.to_diff_dict() if use_diff else self.to_dict()
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+    def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = True) -> None:
+        atomic_write_text(json_file_path, self.to_json_string(use_diff))
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> str:
+        """Write config.json (atomically) into ``save_directory``; transformers' push_to_hub is not supported."""
+        if kwargs.pop("push_to_hub", False):
+            raise ValueError("push_to_hub is not supported: upload the folder with huggingface_hub instead")
+        if kwargs:
+            raise TypeError(f"save_pretrained got unexpected keyword arguments {sorted(kwargs)}")
         if os.path.isfile(save_directory):
             raise ConfigError(f"save_pretrained expects a folder, got the file {save_directory}")
         os.makedirs(save_directory, exist_ok=True)
@@ -152,14 +289,84 @@ class _ConfigBase:
             raise ConfigError(f"{path}: not a valid {cls.__name__} ({type(e).__name__}: {e})") from None
 
     @classmethod
-    def from_pretrained(cls, pretrained: str | os.PathLike, **overrides: Any):
-        """Read a config from a folder, a config.json file, or a Hub model id (through its local cache)."""
-        path = resolve_file(pretrained, CONFIG_NAME)
-        cfg = cls.from_json_file(path)
-        return dataclasses.replace(cfg, **overrides) if overrides else cfg
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        return_unused_kwargs: bool = False,
+        hub: HubOptions | None = None,
+        **kwargs: Any,
+    ):
+        """Read a config from a folder, a config.json file, or a Hub model id (through its local cache).
+
+        As transformers: the Hub keywords (``subfolder``, ``revision``, ``cache_dir``,
+        ``local_files_only``, ``token``, ...) say where the file is; every other keyword that names a
+        field or attribute (``projection_dim=...``, ``output_hidden_states=True``) overrides it. Other
+        keywords are returned with ``return_unused_kwargs=True`` and refused otherwise. ``hub``: those
+        file options already parsed (clip_core.files.HubOptions).
+        """
+        hub = hub if hub is not None else HubOptions.pop_from(kwargs)
+        config = cls.from_json_file(resolve_file(pretrained_model_name_or_path, CONFIG_NAME, hub=hub))
+        config._name_or_path = os.fspath(pretrained_model_name_or_path)
+        return config._with_overrides(kwargs, return_unused_kwargs, "from_pretrained")
+
+    def update(self, config_dict: dict[str, Any]) -> None:
+        """Set each key of ``config_dict`` as an attribute (fields, or kept in ``extra``), as transformers."""
+        for key, value in config_dict.items():
+            setattr(self, key, value)
+        self.validate()
+
+    def update_from_string(self, update_str: str) -> None:
+        """transformers' ``"key=value,key=value"`` update: the keys must exist; values take their type."""
+        for item in update_str.split(","):
+            key, text = item.split("=", 1)
+            old = getattr(self, key, _MISSING)
+            if old is _MISSING:
+                raise ValueError(f"key {key} isn't in the original config dict")
+            if isinstance(old, bool):
+                if text.lower() not in ("true", "1", "y", "yes", "false", "0", "n", "no"):
+                    raise ValueError(f"can't derive true or false from {text} (key {key})")
+                value = text.lower() in ("true", "1", "y", "yes")
+            elif isinstance(old, (int, float, str)):
+                value = type(old)(text)
+            else:
+                raise TypeError(
+                    f"You can only update int, float, bool or string values in the config, got {text} for key {key}"
+                )
+            setattr(self, key, value)
+        self.validate()
+
+    def to_transformers(self):
+        """This config as transformers' own config class (transformers must be installed)."""
+        try:
+            import transformers
+        except ImportError:
+            raise ImportError("to_transformers needs transformers (pip install transformers)") from None
+        name = {
+            "clip": "CLIPConfig",
+            "clip_text_model": "CLIPTextConfig",
+            "clip_vision_model": "CLIPVisionConfig",
+        }
+        return getattr(transformers, name[self.model_type]).from_dict(self.to_diff_dict())
+
+    # Where a config.json came from, not what model it describes: left out of ==.
+    _PROVENANCE = ("architectures", "dtype", "torch_dtype", "transformers_version")
+
+    def _described(self) -> dict[str, Any]:
+        data = self.to_dict()
+        for key in self._PROVENANCE:
+            data.pop(key, None)
+        for key, value in data.items():
+            if isinstance(value, dict) and "model_type" in value:
+                data[key] = {k: v for k, v in value.items() if k not in self._PROVENANCE}
+        return data
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.to_dict() == other.to_dict()
+        """The same model described: every field and attribute but the provenance ones
+        (``architectures``, ``dtype``, ``transformers_version``), which save_pretrained records."""
+        return type(self) is type(other) and self._described() == other._described()
+
+
+_MISSING = object()
 
 
 def _sub_config_from(cls, data: dict[str, Any], key: str, source: str):

@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 STALE_AFTER_SECONDS = 24 * 3600  # a temporary of another host (or without owner) older than this is dead
 MAX_JSON_BYTES = 64 * 2**20
@@ -572,6 +573,86 @@ def hub_cache_dir(cache_dir: str | os.PathLike | None = None) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class HubOptions:
+    """Where a checkpoint's files come from: transformers' ``from_pretrained`` keywords about files.
+
+    ``subfolder`` applies to local folders too (a Stable Diffusion repo's ``text_encoder/``); the
+    others only to Hub ids: ``revision`` (branch, tag or commit), ``cache_dir``, ``local_files_only``
+    (or HF_HUB_OFFLINE=1: the cache only), ``token``, ``force_download``, ``proxies``.
+    """
+
+    cache_dir: str | None = None
+    revision: str | None = None
+    subfolder: str = ""
+    local_files_only: bool = False
+    token: str | bool | None = None
+    force_download: bool = False
+    proxies: dict | None = None
+
+    # Keywords transformers still accepts but that no longer do anything (huggingface_hub ignores them).
+    OBSOLETE = (
+        "resume_download",
+        "mirror",
+        "_commit_hash",
+        "_from_auto",
+        "_from_pipeline",
+        "local_dir_use_symlinks",
+    )
+
+    @classmethod
+    def pop_from(cls, kwargs: dict) -> HubOptions:
+        """The options found in ``kwargs`` (removed from it), with transformers' deprecated spellings."""
+        for name in cls.OBSOLETE:
+            kwargs.pop(name, None)
+        token = kwargs.pop("token", None)
+        legacy_token = kwargs.pop("use_auth_token", None)
+        if token is not None and legacy_token is not None:
+            raise ValueError("give token or use_auth_token (deprecated), not both")
+        cache_dir = kwargs.pop("cache_dir", None)
+        return cls(
+            cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+            revision=kwargs.pop("revision", None),
+            subfolder=kwargs.pop("subfolder", None) or "",
+            local_files_only=bool(kwargs.pop("local_files_only", False)),
+            token=token if token is not None else legacy_token,
+            force_download=bool(kwargs.pop("force_download", False)),
+            proxies=kwargs.pop("proxies", None),
+        )
+
+    @property
+    def offline(self) -> bool:
+        return self.local_files_only or hub_offline()
+
+    def download_kwargs(self) -> dict:
+        return dict(
+            subfolder=self.subfolder or None,
+            revision=self.revision,
+            cache_dir=hub_cache_dir(self.cache_dir),
+            local_files_only=self.offline,
+            token=self.token,
+            force_download=self.force_download,
+            proxies=self.proxies,
+        )
+
+
+def _options(cache_dir, hub: HubOptions | None) -> HubOptions:
+    hub = hub or HubOptions()
+    if cache_dir is not None and hub.cache_dir is None:
+        hub = replace(hub, cache_dir=os.fspath(cache_dir))
+    return hub
+
+
+def _local(pretrained: str, hub: HubOptions) -> str:
+    """A local folder (with the subfolder applied) or file, else ``pretrained`` unchanged."""
+    if hub.subfolder and os.path.isdir(pretrained):
+        folder = os.path.join(pretrained, hub.subfolder)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"no subfolder {hub.subfolder!r} in {pretrained}")
+        return folder
+    return pretrained
+
+
 def _huggingface_hub(pretrained: str):
     try:
         import huggingface_hub
@@ -587,75 +668,93 @@ def _check_hub_id(pretrained: str) -> None:
         raise FileNotFoundError(f"{pretrained} is neither a local folder, a file, nor a Hub model id")
 
 
-def resolve_folder(pretrained: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
-    """A local folder for ``pretrained``: itself, the folder of a file, or a Hub snapshot.
+def resolve_folder(
+    pretrained: str | os.PathLike, cache_dir: str | os.PathLike | None = None, hub: HubOptions | None = None
+) -> str:
+    """A local folder for ``pretrained``: itself (its ``subfolder``), the folder of a file, or a Hub snapshot.
 
-    For a Hub id, the whole snapshot is fetched (from the cache only when HF_HUB_OFFLINE=1);
-    prefer ``resolve_file`` / ``find_file``, which fetch single files.
+    For a Hub id, the whole snapshot is fetched (from the cache only when offline); prefer
+    ``resolve_file`` / ``find_file``, which fetch single files.
     """
-    pretrained = os.fspath(pretrained)
+    hub = _options(cache_dir, hub)
+    pretrained = _local(os.fspath(pretrained), hub)
     if os.path.isdir(pretrained):
         return pretrained
     if os.path.isfile(pretrained):
         return os.path.dirname(os.path.abspath(pretrained))
     _check_hub_id(pretrained)
-    hub = _huggingface_hub(pretrained)
+    api = _huggingface_hub(pretrained)
+    options = hub.download_kwargs()
+    subfolder = options.pop("subfolder")
     try:
-        return hub.snapshot_download(
-            pretrained, cache_dir=hub_cache_dir(cache_dir), local_files_only=hub_offline()
+        folder = api.snapshot_download(
+            pretrained,
+            allow_patterns=f"{subfolder}/*" if subfolder else None,
+            **{k: v for k, v in options.items()},
         )
     except Exception as e:  # the hub raises many types; all mean "not available here"
         raise FileNotFoundError(f"could not resolve {pretrained!r} on the Hub or in its cache: {e}") from None
+    return os.path.join(folder, subfolder) if subfolder else folder
 
 
 def find_file(
-    pretrained: str | os.PathLike, filename: str, cache_dir: str | os.PathLike | None = None
+    pretrained: str | os.PathLike,
+    filename: str,
+    cache_dir: str | os.PathLike | None = None,
+    hub: HubOptions | None = None,
 ) -> str | None:
     """The path of ``filename`` in a local folder or a Hub repo (fetched or from the cache), or None.
 
+    ``hub`` carries transformers' file keywords (subfolder, revision, local_files_only, ...).
     Raises FileNotFoundError when ``pretrained`` itself cannot be found (no such folder, no such
     repo); returns None when only the file is absent.
     """
-    pretrained = os.fspath(pretrained)
+    hub = _options(cache_dir, hub)
+    pretrained = _local(os.fspath(pretrained), hub)
     if os.path.isdir(pretrained):
         path = os.path.join(pretrained, filename)
         return path if os.path.isfile(path) else None
     if os.path.isfile(pretrained):
         return pretrained if os.path.basename(pretrained) == filename else None
     _check_hub_id(pretrained)
-    hub = _huggingface_hub(pretrained)
+    api = _huggingface_hub(pretrained)
     from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
-        return hub.hf_hub_download(
-            pretrained, filename, cache_dir=hub_cache_dir(cache_dir), local_files_only=hub_offline()
-        )
+        return api.hf_hub_download(pretrained, filename, **hub.download_kwargs())
     except (EntryNotFoundError, LocalEntryNotFoundError):
-        if not hub_offline() or _cached_snapshot_exists(pretrained, cache_dir):
+        if not hub.offline or _cached_snapshot_exists(pretrained, hub):
             return None
         raise FileNotFoundError(
-            f"{pretrained!r} is not in the Hub cache ({hub_cache_dir(cache_dir) or 'default'}) "
-            "and HF_HUB_OFFLINE is set"
+            f"{pretrained!r} is not in the Hub cache ({hub_cache_dir(hub.cache_dir) or 'default'}) "
+            "and local_files_only / HF_HUB_OFFLINE is set"
         ) from None
     except Exception as e:
         raise FileNotFoundError(f"could not resolve {pretrained!r} on the Hub or in its cache: {e}") from None
 
 
-def _cached_snapshot_exists(repo_id: str, cache_dir: str | os.PathLike | None) -> bool:
+def _cached_snapshot_exists(repo_id: str, hub: HubOptions) -> bool:
     from huggingface_hub import constants
 
-    root = hub_cache_dir(cache_dir) or constants.HF_HUB_CACHE
-    return os.path.isdir(os.path.join(root, "models--" + repo_id.replace("/", "--"), "snapshots"))
+    root = hub_cache_dir(hub.cache_dir) or constants.HF_HUB_CACHE
+    repo = os.path.join(root, "models--" + repo_id.replace("/", "--"))
+    if hub.revision and not os.path.isdir(os.path.join(repo, "snapshots", hub.revision)):
+        return os.path.isfile(os.path.join(repo, "refs", hub.revision))
+    return os.path.isdir(os.path.join(repo, "snapshots"))
 
 
 def resolve_file(
-    pretrained: str | os.PathLike, filename: str, cache_dir: str | os.PathLike | None = None
+    pretrained: str | os.PathLike,
+    filename: str,
+    cache_dir: str | os.PathLike | None = None,
+    hub: HubOptions | None = None,
 ) -> str:
     """The path of ``filename`` for ``pretrained`` (a folder, that very file, or a Hub id)."""
     pretrained = os.fspath(pretrained)
     if os.path.isfile(pretrained):
         return pretrained
-    path = find_file(pretrained, filename, cache_dir=cache_dir)
+    path = find_file(pretrained, filename, cache_dir=cache_dir, hub=hub)
     if path is None:
-        raise FileNotFoundError(f"no {filename} in {pretrained}")
+        where = os.path.join(pretrained, hub.subfolder) if hub and hub.subfolder else pretrained
+        raise FileNotFoundError(f"no {filename} in {where}")
     return path

@@ -79,7 +79,7 @@ def _framework_to_numpy(image) -> np.ndarray | None:
     return None
 
 
-def _to_array(image) -> np.ndarray:
+def to_array(image) -> np.ndarray:
     if isinstance(image, np.ndarray):
         return image
     array = _framework_to_numpy(image)
@@ -141,7 +141,7 @@ def _infer_channels_last(shape: tuple[int, ...], input_data_format: str | None) 
     )
 
 
-def _as_hwc(array: np.ndarray, input_data_format: str | None) -> tuple[np.ndarray, bool]:
+def as_hwc(array: np.ndarray, input_data_format: str | None) -> tuple[np.ndarray, bool]:
     """An array image as (height, width, channels), checked for emptiness, dtype and non-finite values;
     and whether it came channels-last (a 2-D image counts as channels-last)."""
     channels_last = True
@@ -199,7 +199,7 @@ def _pil_for_processing(image: Image.Image, do_convert_rgb: bool) -> Image.Image
         image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
     # RGBA and LA are resized channel by channel (image_transforms): PIL would premultiply alpha and
     # change the colours.
-    return _as_hwc(np.asarray(image), CHANNELS_LAST)[0]
+    return as_hwc(np.asarray(image), CHANNELS_LAST)[0]
 
 
 def _check_wide(image: Image.Image) -> None:
@@ -224,7 +224,7 @@ def read_image(
         image = _open_path(image)
     if isinstance(image, Image.Image):
         return _pil_for_processing(image, do_convert_rgb), True
-    source, channels_last = _as_hwc(_to_array(image), input_data_format)
+    source, channels_last = as_hwc(to_array(image), input_data_format)
     if do_convert_rgb:
         source = _convert_array_to_rgb(source)
     return source, channels_last

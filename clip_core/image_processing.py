@@ -27,10 +27,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from .files import atomic_write_text, read_json, resolve_file
-from .image_inputs import CHANNELS_FIRST, channel_format, make_image_list
-from .image_transforms import Plan, process_image, process_images, resized_hw
+from .files import HubOptions, atomic_write_text, read_json, resolve_file
+from .image_inputs import CHANNELS_FIRST, as_hwc, channel_format, make_image_list, to_array
+from .image_transforms import (
+    Plan,
+    center_crop_hwc,
+    per_channel_values,
+    process_image,
+    process_images,
+    resize_uint8,
+    resized_hw,
+    uint8_for_resize,
+)
 from .tensors import BatchFeature, tensor_type_name, to_framework
 
 IMAGE_PROCESSOR_NAME = "preprocessor_config.json"
@@ -257,6 +267,63 @@ class CLIPImageProcessor:
     def __call__(self, images, **kwargs) -> BatchFeature:
         return self.preprocess(images, **kwargs)
 
+    # -- the steps as public methods (transformers' CLIPImageProcessor API, one numpy image each) -----
+
+    def resize(
+        self, image, size, resample=BICUBIC, data_format=None, input_data_format=None, **kwargs
+    ) -> np.ndarray:
+        """PIL resize of one image: the short edge to ``size["shortest_edge"]`` (or to exactly
+        ``size["height"] x size["width"]``). uint8 stays uint8; a float image in [0, 1] goes through
+        uint8 and comes back as float32 in [0, 1], as transformers does. Layout as the input unless
+        ``data_format`` says otherwise."""
+        _no_kwargs("resize", kwargs)
+        array, channels_last = as_hwc(
+            _image_array(image), channel_format(input_data_format, "input_data_format")
+        )
+        size = get_size_dict(size, default_to_square=False, param_name="size")
+        pixels, scaled_up = uint8_for_resize(array)
+        resample = int(getattr(resample, "value", resample))
+        out = resize_uint8(pixels, resized_hw(*pixels.shape[:2], size), resample)
+        if scaled_up:
+            out = (out.astype(np.float64) * (1 / 255)).astype(np.float32)
+        return _in_layout(out, data_format, channels_last)
+
+    def center_crop(self, image, size, data_format=None, input_data_format=None, **kwargs) -> np.ndarray:
+        """transformers' center crop to ``size`` ({"height", "width"}; an int means square), zero padding
+        where the image is smaller; the dtype is kept."""
+        _no_kwargs("center_crop", kwargs)
+        size = get_size_dict(size, default_to_square=True, param_name="size")
+        if set(size) != {"height", "width"}:
+            raise ValueError(f"The size dictionary must have keys 'height' and 'width'. Got {sorted(size)}")
+        array, channels_last = as_hwc(
+            _image_array(image), channel_format(input_data_format, "input_data_format")
+        )
+        out = center_crop_hwc(array, (size["height"], size["width"]))
+        return _in_layout(out, data_format, channels_last)
+
+    def rescale(self, image, scale: float, data_format=None, input_data_format=None, **kwargs) -> np.ndarray:
+        """``image * scale`` in float64, returned as float32 (transformers' arithmetic); layout kept
+        unless ``data_format`` is given."""
+        _no_kwargs("rescale", kwargs)
+        out = (_image_array(image).astype(np.float64) * scale).astype(np.float32)
+        if data_format is None:
+            return out
+        hwc, channels_last = as_hwc(out, channel_format(input_data_format, "input_data_format"))
+        return _in_layout(hwc, data_format, channels_last)
+
+    def normalize(self, image, mean, std, data_format=None, input_data_format=None, **kwargs) -> np.ndarray:
+        """``(image - mean) / std`` per channel in the image's float dtype (integers become float32)."""
+        _no_kwargs("normalize", kwargs)
+        array, channels_last = as_hwc(
+            _image_array(image), channel_format(input_data_format, "input_data_format")
+        )
+        if array.dtype.kind != "f":
+            array = array.astype(np.float32)
+        channels = array.shape[-1]
+        mean = np.array(per_channel_values(_per_channel(mean, "mean"), channels, "mean"), dtype=array.dtype)
+        std = np.array(per_channel_values(_per_channel(std, "std"), channels, "std"), dtype=array.dtype)
+        return _in_layout((array - mean) / std, data_format, channels_last)
+
     def preprocess_into(self, image, out: np.ndarray) -> np.ndarray:
         """One image with this processor's settings into ``out``, a channels-first float32 array of the
         crop size (a row of a batch being filled); the same numbers as ``preprocess``. For loaders that
@@ -298,7 +365,8 @@ class CLIPImageProcessor:
         """Read ``preprocessor_config.json`` from a folder, the file itself, or a cached Hub id.
 
         Keyword arguments override the file's values (``size={"shortest_edge": 336}``)."""
-        path = resolve_file(pretrained_model_name_or_path, IMAGE_PROCESSOR_NAME)
+        hub = HubOptions.pop_from(kwargs)  # subfolder, revision, cache_dir, local_files_only, ...
+        path = resolve_file(pretrained_model_name_or_path, IMAGE_PROCESSOR_NAME, hub=hub)
         config = read_json(path)  # ValueError naming the file if it is not JSON, too large or too deep
         if not isinstance(config, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(config).__name__}")
@@ -312,6 +380,23 @@ class CLIPImageProcessor:
 
     def __eq__(self, other) -> bool:
         return isinstance(other, CLIPImageProcessor) and self.to_dict() == other.to_dict()
+
+
+def _image_array(image) -> np.ndarray:
+    """One image as a numpy array (PIL images, numpy and framework tensors)."""
+    return np.asarray(image) if isinstance(image, Image.Image) else to_array(image)
+
+
+def _no_kwargs(method: str, kwargs: dict) -> None:
+    if kwargs:
+        raise TypeError(f"CLIPImageProcessor.{method} got unexpected keyword arguments {sorted(kwargs)}")
+
+
+def _in_layout(hwc: np.ndarray, data_format, came_channels_last: bool) -> np.ndarray:
+    """An (H, W, C) result in ``data_format``, or in the input's layout when it is None."""
+    data_format = channel_format(data_format, "data_format")
+    channels_first = data_format == CHANNELS_FIRST if data_format is not None else not came_channels_last
+    return np.ascontiguousarray(hwc.transpose(2, 0, 1)) if channels_first else hwc
 
 
 class CLIPFeatureExtractor(CLIPImageProcessor):

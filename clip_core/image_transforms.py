@@ -90,7 +90,7 @@ class _FrozenDict(dict):
 # --------------------------------------------------------------------------------------------------
 
 
-def _uint8_for_resize(array: np.ndarray) -> tuple[np.ndarray, bool]:
+def uint8_for_resize(array: np.ndarray) -> tuple[np.ndarray, bool]:
     """The uint8 pixels PIL resizes, and whether they were scaled up from [0, 1] (to scale back after).
 
     transformers' rules: integer-valued images in [0, 255] are cast; float images in [0, 1] are multiplied
@@ -111,7 +111,7 @@ def _uint8_for_resize(array: np.ndarray) -> tuple[np.ndarray, bool]:
     raise ValueError(f"float image values must lie in [0, 1] or [0, 255] to be resized, got [{low}, {high}]")
 
 
-def _resize_uint8(array: np.ndarray, hw: tuple[int, int], resample: int) -> np.ndarray:
+def resize_uint8(array: np.ndarray, hw: tuple[int, int], resample: int) -> np.ndarray:
     """PIL resize of an (H, W, C) uint8 array: grey and RGB in one call, other channel counts one by one."""
     height, width = hw
     channels = array.shape[2]
@@ -127,7 +127,7 @@ def _resize_uint8(array: np.ndarray, hw: tuple[int, int], resample: int) -> np.n
     return np.stack(bands, axis=2)
 
 
-def _center_crop(array: np.ndarray, crop_hw: tuple[int, int]) -> np.ndarray:
+def center_crop_hwc(array: np.ndarray, crop_hw: tuple[int, int]) -> np.ndarray:
     """transformers' center crop of (H, W, C): offset (size - crop) // 2, zero padding where the image is smaller."""
     height, width = array.shape[:2]
     crop_h, crop_w = crop_hw
@@ -143,7 +143,7 @@ def _center_crop(array: np.ndarray, crop_hw: tuple[int, int]) -> np.ndarray:
     return padded[max(0, top) : top + crop_h, max(0, left) : left + crop_w]
 
 
-def _check_channels(values: tuple[float, ...], channels: int, name: str) -> tuple[float, ...]:
+def per_channel_values(values: tuple[float, ...], channels: int, name: str) -> tuple[float, ...]:
     if len(values) == 1:
         return values * channels
     if len(values) != channels:
@@ -161,8 +161,8 @@ def _rescale_normalize(values: np.ndarray, plan: Plan, pre_scale: float | None, 
         if values.dtype.kind != "f":
             values = values.astype(np.float32)
         channels = values.shape[-1]
-        mean = np.array(_check_channels(plan.image_mean, channels, "image_mean"), dtype=values.dtype)
-        std = np.array(_check_channels(plan.image_std, channels, "image_std"), dtype=values.dtype)
+        mean = np.array(per_channel_values(plan.image_mean, channels, "image_mean"), dtype=values.dtype)
+        std = np.array(per_channel_values(plan.image_std, channels, "image_std"), dtype=values.dtype)
         values = (values - mean) / std
     return values.astype(np.float32, copy=False)
 
@@ -226,14 +226,14 @@ def _process_one(image, plan: Plan, out: np.ndarray | None) -> np.ndarray:
             pixels = np.asarray(resized)
             pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
         else:
-            pixels, scaled_up = _uint8_for_resize(source)
-            pixels = _resize_uint8(pixels, hw, plan.resample)
+            pixels, scaled_up = uint8_for_resize(source)
+            pixels = resize_uint8(pixels, hw, plan.resample)
             pre_scale = 1 / 255 if scaled_up else None
     else:
         pixels = np.asarray(source) if isinstance(source, Image.Image) else source
         pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
     if plan.do_center_crop:
-        pixels = _center_crop(pixels, plan.crop_hw)
+        pixels = center_crop_hwc(pixels, plan.crop_hw)
 
     channels_first = (
         plan.data_format == CHANNELS_FIRST if plan.data_format is not None else not source_was_channels_last

@@ -42,7 +42,9 @@ def as_config(config, expected: type | tuple[type, ...]):
     if isinstance(config, classes):
         return config
     if not isinstance(config, dict) and callable(getattr(config, "to_dict", None)):
-        config = config.to_dict()  # a transformers PretrainedConfig (or a look-alike)
+        # A transformers PretrainedConfig (or a look-alike): what its config.json would hold.
+        to_dict = getattr(config, "to_diff_dict", None) or config.to_dict
+        config = to_dict()
     if isinstance(config, dict):
         cls = CONFIG_CLASSES.get(config.get("model_type"))
         if cls is None and len(classes) == 1:
@@ -55,11 +57,30 @@ def as_config(config, expected: type | tuple[type, ...]):
     return config
 
 
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+
+
+def check_attn_implementation(name: str | None, default: str = "eager") -> str:
+    """transformers' ``attn_implementation``: "eager" or "sdpa" (None: ``default``); flash and flex
+    attention are refused. Only PyTorch has two kernels; TF and Flax compute the eager math."""
+    if name is None:
+        return default
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(
+            f'attn_implementation must be "eager" or "sdpa", got {name!r} (flash and flex attention are not supported)'
+        )
+    return name
+
+
+def is_embedding_table(name: str) -> bool:
+    """A token or position embedding table (what transformers' ``num_parameters(exclude_embeddings=True)``
+    leaves out: its nn.Embedding modules)."""
+    return name.endswith(("token_embedding.weight", "position_embedding.weight"))
+
+
 def _config_default(config, name: str, default: bool) -> bool:
-    value = getattr(config, name, None)
-    if value is None:
-        value = getattr(config, "extra", {}).get(name, default)
-    return bool(value)
+    value = getattr(config, name, None)  # our configs read transformers' defaults for unset attributes
+    return bool(default if value is None else value)
 
 
 def output_flags(config, output_attentions=None, output_hidden_states=None) -> dict[str, bool]:

@@ -6,7 +6,7 @@ import os
 import warnings
 from typing import Any
 
-from .files import resolve_folder
+from .files import HubOptions, resolve_folder
 from .image_processing import PREPROCESS_KWARGS, CLIPImageProcessor
 from .tensors import BatchFeature
 
@@ -64,8 +64,11 @@ class CLIPProcessor:
 
     @property
     def model_input_names(self) -> list[str]:
-        names = list(getattr(self.tokenizer, "model_input_names", ["input_ids", "attention_mask"]))
-        return names + [n for n in self.image_processor.model_input_names if n not in names]
+        """The inputs of each part in ``attributes`` order, as transformers lists them (pixels first)."""
+        names: list[str] = []
+        for part in self.attributes:
+            names += [n for n in getattr(self, part).model_input_names if n not in names]
+        return names
 
     def __call__(self, images=None, text=None, return_tensors=None, **kwargs) -> BatchFeature:
         # transformers 4.57 takes images first; text and images are usually passed by name.
@@ -106,7 +109,7 @@ class CLIPProcessor:
         """Read a folder (or cached Hub id) holding preprocessor_config.json and tokenizer files.
 
         ``kwargs`` override image-processor settings (e.g. ``crop_size=336``)."""
-        folder = resolve_folder(pretrained_model_name_or_path)
+        folder = resolve_folder(pretrained_model_name_or_path, hub=HubOptions.pop_from(kwargs))
         image_processor = CLIPImageProcessor.from_pretrained(folder, **kwargs)
         return cls(image_processor=image_processor, tokenizer=_load_tokenizer(folder, use_fast))
 

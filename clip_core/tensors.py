@@ -50,10 +50,15 @@ def to_framework(array: np.ndarray, return_tensors) -> Any:
 
 
 def as_tensor(ids, return_tensors):
-    """Token ids (lists or an array) as an int64 tensor of the requested framework; unchanged for None."""
+    """Token ids (lists or an array) as an integer tensor of the requested framework; unchanged for None.
+
+    int64 for "np" and "pt", int32 for "tf" and "jax": what transformers' tokenizers return (their
+    tf.constant / jnp.array of Python ints).
+    """
     if return_tensors is None:
         return ids
-    return to_framework(np.asarray(ids, dtype=np.int64), return_tensors)
+    name = tensor_type_name(return_tensors)
+    return to_framework(np.asarray(ids, dtype=np.int32 if name in ("tf", "jax") else np.int64), name)
 
 
 class BatchDict(dict):
@@ -94,10 +99,21 @@ class BatchDict(dict):
         return self
 
     def to(self, *args, **kwargs):
-        """torch only: move every torch tensor (``.to(device)`` / ``.to(dtype)``), as transformers does."""
+        """torch only, as transformers: every tensor moves to the device; floating tensors (pixel_values)
+        also take a dtype (``.to("cuda", torch.float16)``), token ids keep theirs."""
+        import torch
+
+        dtype = kwargs.pop("dtype", None)
+        device = kwargs.pop("device", None)
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            else:
+                device = arg
         for key, value in self.items():
-            if hasattr(value, "to") and type(value).__module__.startswith("torch"):
-                self[key] = value.to(*args, **kwargs)
+            if isinstance(value, torch.Tensor):
+                cast = dtype if dtype is not None and value.is_floating_point() else None
+                self[key] = value.to(device=device, dtype=cast, **kwargs)
         return self
 
 
@@ -114,9 +130,41 @@ class BatchFeature(BatchDict):
 class BatchEncoding(BatchDict):
     """The tokenizers' output (``input_ids``, ``attention_mask``, ...).
 
-    ``convert_to_tensors`` turns every value (lists of ids or arrays) into an int64 tensor."""
+    ``convert_to_tensors`` turns every value (lists of ids or arrays) into an integer tensor
+    (``as_tensor``). From the fast tokenizer it also answers ``word_ids(i)``, ``tokens(i)`` and
+    ``sequence_ids(i)`` (computed when first asked for), as transformers' fast tokenizers do."""
 
     _to_tensor = staticmethod(as_tensor)
+
+    def set_token_details(self, compute) -> None:
+        """``compute()`` -> (offsets, word ids, tokens) per text: what word_ids() and tokens() read."""
+        self.__dict__["_compute_details"] = compute
+
+    def _details(self, which: int, batch_index: int, method: str) -> list:
+        compute = self.__dict__.get("_compute_details")
+        if compute is None:
+            raise ValueError(
+                f"{method}() is not available when using non-fast tokenizers (e.g. instance of a `XxxFast` class)"
+            )
+        if "_token_details" not in self.__dict__:
+            self.__dict__["_token_details"] = compute()
+        return list(self.__dict__["_token_details"][which][batch_index])
+
+    @property
+    def is_fast(self) -> bool:
+        return "_compute_details" in self.__dict__
+
+    def word_ids(self, batch_index: int = 0) -> list:
+        """The word of each token (None for special tokens and padding), as transformers' fast tokenizers."""
+        return self._details(1, batch_index, "word_ids")
+
+    def tokens(self, batch_index: int = 0) -> list[str]:
+        """The token strings of one text (padding included)."""
+        return self._details(2, batch_index, "tokens")
+
+    def sequence_ids(self, batch_index: int = 0) -> list:
+        """0 for each token of the text, None for special tokens and padding (CLIP has no pairs)."""
+        return [None if word is None else 0 for word in self._details(1, batch_index, "sequence_ids")]
 
 
 __all__ = [

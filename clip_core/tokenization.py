@@ -25,6 +25,8 @@ import html
 import json
 import os
 import re as std_re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
@@ -42,7 +44,7 @@ from .bpe_vocab import (
     read_vocab_files,
     write_vocab_files,
 )
-from .files import atomic_write_text, read_json, resolve_folder
+from .files import HubOptions, atomic_write_text, read_json, resolve_folder
 from .tensors import BatchEncoding
 from .tensors import as_tensor as as_tensor  # re-exported: it lived here
 
@@ -131,12 +133,200 @@ def _token_content(value):
     return value
 
 
+_UNSUPPORTED_CALL = {
+    "text_target": "CLIP has no target texts",
+    "text_pair_target": "CLIP has no target texts",
+    "stride": "overflowing windows are not supported; truncate instead",
+    "return_overflowing_tokens": "overflowing windows are not supported; truncate instead",
+    "is_split_into_words": "pass whole texts: CLIP's tokenizer splits words itself",
+}
+
+
+def _refuse_unsupported(kwargs: dict) -> None:
+    """transformers' call options that do not apply to CLIP raise (saying why); unknown ones too."""
+    for key, value in kwargs.items():
+        if key not in _UNSUPPORTED_CALL:
+            raise TypeError(f"the tokenizer got an unexpected keyword argument {key!r}")
+        if value not in (None, False, 0):
+            raise ValueError(f"{key} is not supported: {_UNSUPPORTED_CALL[key]}")
+
+
+def _side(side: str, name: str) -> str:
+    if side not in ("right", "left"):
+        raise ValueError(f"{name} must be 'right' or 'left', got {side!r}")
+    return side
+
+
+@dataclass
+class _Layout:
+    """How one call truncates and pads every per-token list (ids, masks, offsets, word ids) alike."""
+
+    truncate_to: int | None = None
+    keep_ends: bool = False  # the first and last tokens are the added specials: truncation keeps them
+    truncation_side: str = "right"
+    padding_side: str = "right"
+    width: int | None = None  # padded length (None: no padding); longer rows stay longer
+
+    def truncate(self, row: list) -> list:
+        n = self.truncate_to
+        if n is None or len(row) <= n:
+            return row
+        if self.truncation_side == "left":
+            return row[:1] + row[len(row) - n + 1 :] if self.keep_ends else row[len(row) - n :]
+        return row[: n - 1] + row[-1:] if self.keep_ends else row[:n]
+
+    def truncate_all(self, rows: list[list]) -> list[list]:
+        return rows if self.truncate_to is None else [self.truncate(row) for row in rows]
+
+    def pad(self, row: list, value) -> list:
+        missing = (self.width or 0) - len(row)
+        if missing <= 0:
+            return row
+        return [value] * missing + row if self.padding_side == "left" else row + [value] * missing
+
+    def pad_all(self, rows: list[list], value) -> list[list]:
+        return [self.pad(row, value) for row in rows]
+
+
+def _padded_width(rows, padding, max_length, multiple) -> int | None:
+    if padding is None:
+        return None
+    width = max(map(len, rows), default=0) if padding == "longest" else max_length
+    return -(-width // multiple) * multiple if multiple else width
+
+
+def _as_python(value) -> tuple[object, str | None]:
+    """Lists of ids from lists or tensors, and the tensor kind found ("np", "pt", "tf", "jax" or None)."""
+    module = type(value).__module__.split(".")[0]
+    if isinstance(value, np.ndarray):
+        return value.tolist(), "np"
+    if module == "torch":
+        return value.tolist(), "pt"
+    if module == "tensorflow":
+        return value.numpy().tolist(), "tf"
+    if module in ("jax", "jaxlib"):
+        return np.asarray(value).tolist(), "jax"
+    if isinstance(value, (list, tuple)) and value and not isinstance(value[0], (int, np.integer)):
+        converted = [_as_python(v) for v in value]
+        return [c for c, _ in converted], next((k for _, k in converted if k), None)
+    return value, None
+
+
 class _CLIPTokenizerBase:
     """Everything but the text -> ids step: call API, padding, truncation, decoding, special tokens, files."""
 
     model_input_names = ["input_ids", "attention_mask"]
-    padding_side = "right"
     _length_after_padding = False
+    # The order of the output's keys: transformers' slow tokenizers add the mask last.
+    _KEY_ORDER = (
+        "input_ids",
+        "token_type_ids",
+        "special_tokens_mask",
+        "offset_mapping",
+        "length",
+        "attention_mask",
+    )
+    _padding_side = "right"
+    _truncation_side = "right"
+    sep_token = cls_token = mask_token = None  # CLIP has none; add_special_tokens may set them
+    additional_special_tokens: list[str] = []
+
+    # tokenizer_config.json keys transformers writes that change nothing for CLIP.
+    _IGNORED_INIT_KEYS = frozenset(
+        {
+            "add_prefix_space",
+            "do_lower_case",
+            "tokenizer_class",
+            "processor_class",
+            "name_or_path",
+            "extra_special_tokens",
+            "split_special_tokens",
+            "use_fast",
+            "auto_map",
+            "tokenizer_file",
+        }
+    )
+
+    def _init_options(self, kwargs: dict) -> None:
+        """transformers' other init keywords: padding_side, truncation_side, additional_special_tokens."""
+        self.padding_side = kwargs.pop("padding_side", "right")
+        self.truncation_side = kwargs.pop("truncation_side", "right")
+        self.name_or_path = str(kwargs.pop("name_or_path", "") or "")  # from_pretrained's argument
+        additional = kwargs.pop("additional_special_tokens", None)
+        unknown = sorted(set(kwargs) - self._IGNORED_INIT_KEYS)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword arguments {unknown}")
+        self.additional_special_tokens = []
+        if additional:
+            self.add_special_tokens({"additional_special_tokens": list(additional)})
+
+    @property
+    def padding_side(self) -> str:
+        """ "right" (default) or "left": where padding goes (an attribute, an init and a call argument)."""
+        return self._padding_side
+
+    @padding_side.setter
+    def padding_side(self, side: str) -> None:
+        self._padding_side = _side(side, "padding_side")
+
+    @property
+    def truncation_side(self) -> str:
+        """ "right" (default) or "left": which end truncation cuts (the special tokens stay)."""
+        return self._truncation_side
+
+    @truncation_side.setter
+    def truncation_side(self, side: str) -> None:
+        self._truncation_side = _side(side, "truncation_side")
+
+    # ----- adding tokens --------------------------------------------------------------------------
+    def add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
+        """Add tokens (strings or AddedToken-like objects with ``.content``) to the vocabulary, with ids
+        from ``len(tokenizer)`` on, as transformers does; the text is cut at them before it is split.
+        Returns how many were added (e.g. for ``model.resize_token_embeddings(len(tokenizer))``)."""
+        items = [new_tokens] if isinstance(new_tokens, str) or hasattr(new_tokens, "content") else new_tokens
+        contents = [str(getattr(t, "content", t)) for t in items]
+        contents = [c for c in dict.fromkeys(contents) if c]
+        return self._add_tokens(contents, special_tokens) if contents else 0
+
+    _SPECIAL_ATTRIBUTES = (
+        "bos_token",
+        "eos_token",
+        "unk_token",
+        "sep_token",
+        "pad_token",
+        "cls_token",
+        "mask_token",
+    )
+
+    def add_special_tokens(
+        self, special_tokens_dict: dict, replace_additional_special_tokens: bool = True
+    ) -> int:
+        """Set special tokens (``{"pad_token": ..., "additional_special_tokens": [...]}``), adding the
+        new ones to the vocabulary as transformers does; returns how many were added."""
+        added = 0
+        for key, value in special_tokens_dict.items():
+            if key == "additional_special_tokens":
+                values = [str(getattr(v, "content", v)) for v in value]
+                added += self.add_tokens(values, special_tokens=True)
+                kept = [] if replace_additional_special_tokens else self.additional_special_tokens
+                self.additional_special_tokens = list(dict.fromkeys(kept + values))
+            elif key in self._SPECIAL_ATTRIBUTES:
+                content = str(getattr(value, "content", value))
+                added += self.add_tokens([content], special_tokens=True)
+                setattr(self, key, content)
+            else:
+                raise ValueError(
+                    f"{key} is not a special token attribute; use one of {self._SPECIAL_ATTRIBUTES} or "
+                    "additional_special_tokens"
+                )
+        return added
+
+    def _add_tokens(self, contents: list[str], special: bool) -> int:
+        raise NotImplementedError
+
+    def get_added_vocab(self) -> dict[str, int]:
+        """Tokens added beyond vocab.json (token -> id)."""
+        return dict(self.added_tokens_encoder)
 
     def _init_specials(
         self,
@@ -152,7 +342,7 @@ class _CLIPTokenizerBase:
         self.encoder = encoder
         self.decoder = {i: t for t, i in encoder.items()}
         # Tokens outside vocab.json (e.g. added for textual inversion) from tokenizer_config.json.
-        self.added_tokens_encoder = {t: i for t, i in (added_tokens or {}).items() if t not in encoder}
+        self.added_tokens_encoder = dict(added_tokens or {})
         for token, index in self.added_tokens_encoder.items():
             self.decoder[index] = token
         self.unk_token, self.bos_token, self.eos_token, self.pad_token = (
@@ -190,20 +380,21 @@ class _CLIPTokenizerBase:
 
     @property
     def all_special_tokens(self) -> list[str]:
-        return list(dict.fromkeys([self.bos_token, self.eos_token, self.unk_token, self.pad_token]))
+        named = [getattr(self, name) for name in self._SPECIAL_ATTRIBUTES]
+        return list(dict.fromkeys([t for t in named if t is not None] + list(self.additional_special_tokens)))
 
     @property
     def all_special_ids(self) -> list[int]:
         return [self._lookup(t) for t in self.all_special_tokens]
 
     @property
-    def special_tokens_map(self) -> dict[str, str]:
-        return {
-            "bos_token": self.bos_token,
-            "eos_token": self.eos_token,
-            "unk_token": self.unk_token,
-            "pad_token": self.pad_token,
+    def special_tokens_map(self) -> dict:
+        tokens = {
+            name: getattr(self, name) for name in self._SPECIAL_ATTRIBUTES if getattr(self, name) is not None
         }
+        if self.additional_special_tokens:
+            tokens["additional_special_tokens"] = list(self.additional_special_tokens)
+        return tokens
 
     @property
     def vocab_size(self) -> int:
@@ -233,6 +424,10 @@ class _CLIPTokenizerBase:
         if token_ids_1 is None:
             return [1] + [0] * len(token_ids_0) + [1]
         return [1] + [0] * len(token_ids_0) + [1, 1] + [0] * len(token_ids_1) + [1]
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        """How many special tokens encoding adds: 2 (4 for a pair, as transformers counts it)."""
+        return len(self.build_inputs_with_special_tokens([], [] if pair else None))
 
     def create_token_type_ids_from_sequences(self, token_ids_0, token_ids_1=None) -> list[int]:
         """CLIP has no token types: zeros as long as the sequence with its special tokens."""
@@ -265,22 +460,42 @@ class _CLIPTokenizerBase:
     def encode(
         self,
         text: str,
+        text_pair=None,
         add_special_tokens: bool = True,
         padding=False,
         truncation=None,
         max_length: int | None = None,
         return_tensors: str | None = None,
+        **kwargs,
     ):
+        """The ids of one text (a list, or a (1, seq) tensor with ``return_tensors``)."""
         encoded = self(
             text,
+            text_pair=text_pair,
             add_special_tokens=add_special_tokens,
             padding=padding,
             truncation=truncation,
             max_length=max_length,
             return_tensors=return_tensors,
             return_attention_mask=False,
+            **kwargs,
         )
         return encoded["input_ids"]
+
+    def encode_plus(self, text, text_pair=None, **kwargs) -> BatchEncoding:
+        """transformers' single-text encode: the same as ``tokenizer(text, ...)``."""
+        if not isinstance(text, str):
+            raise ValueError(
+                f"encode_plus takes one text (a string), got {type(text).__name__}; use batch_encode_plus"
+            )
+        return self(text, text_pair=text_pair, **kwargs)
+
+    def batch_encode_plus(self, batch_text_or_text_pairs, **kwargs) -> BatchEncoding:
+        """transformers' batch encode: the same as ``tokenizer(texts, ...)``."""
+        texts = list(batch_text_or_text_pairs)
+        if any(isinstance(t, (tuple, list)) for t in texts):
+            raise ValueError("CLIP encodes single texts; text pairs are not supported")
+        return self(texts, **kwargs)
 
     def __call__(
         self,
@@ -296,11 +511,27 @@ class _CLIPTokenizerBase:
         return_token_type_ids: bool | None = None,
         pad_to_multiple_of: int | None = None,
         verbose: bool = True,
+        padding_side: str | None = None,
+        return_special_tokens_mask: bool = False,
+        return_offsets_mapping: bool = False,
+        **kwargs,
     ) -> BatchEncoding:
+        """Encode a text or a list of texts, as transformers' tokenizers: ``padding`` (True /
+        "longest" / "max_length"), ``truncation``, ``max_length``, ``pad_to_multiple_of``,
+        ``padding_side`` ("right" / "left", default the ``padding_side`` attribute; truncation
+        follows ``truncation_side``), ``return_tensors`` ("np", "pt", "tf" (int32, as transformers),
+        "jax"), ``return_attention_mask``, ``return_token_type_ids`` (zeros),
+        ``return_special_tokens_mask``, ``return_offsets_mapping`` (fast tokenizer), ``return_length``.
+        """
+        _refuse_unsupported(kwargs)
         if text is None:
             raise ValueError("text must be a string or a list of strings, not None")
         if text_pair is not None:
             raise ValueError("CLIP encodes single texts; text_pair is not supported")
+        if return_offsets_mapping and not self.is_fast:
+            raise NotImplementedError(
+                "return_offset_mapping is not available with CLIPTokenizer (pure Python); use CLIPTokenizerFast"
+            )
         if pad_to_multiple_of is not None and (
             not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1
         ):
@@ -318,22 +549,53 @@ class _CLIPTokenizerBase:
             )
         with _gc_paused():
             ids = self._encode_batch(texts, add_special_tokens)
-        if truncation is not None:
-            ids = self._truncate(ids, max_length, add_special_tokens)
+        layout = _Layout(
+            truncate_to=max_length if truncation is not None else None,
+            keep_ends=add_special_tokens,
+            truncation_side=self.truncation_side,
+            padding_side=_side(
+                padding_side if padding_side is not None else self.padding_side, "padding_side"
+            ),
+        )
+        ids = layout.truncate_all(ids)
         if return_tensors is not None and truncation is None and self.model_max_length < _LARGE:
             self._check_fits_context(ids)
-        encoding = self._pad(
-            ids, padding, max_length, pad_to_multiple_of, return_tensors, return_attention_mask is not False
-        )
+        layout.width = _padded_width(ids, padding, max_length, pad_to_multiple_of)
+        encoding = self._pad(ids, layout, return_tensors, return_attention_mask is not False)
+        extras = {}
         if return_token_type_ids:  # CLIP has no token types; transformers returns zeros when asked
-            encoding["token_type_ids"] = [[0] * len(row) for row in encoding["input_ids"]]
+            extras["token_type_ids"] = layout.pad_all([[0] * len(row) for row in ids], 0)
+        if return_special_tokens_mask:
+            masks = [self._special_mask(row, add_special_tokens) for row in ids]
+            extras["special_tokens_mask"] = layout.pad_all(masks, 1)
+        if return_offsets_mapping:
+            extras["offset_mapping"] = self._token_details(texts, add_special_tokens, layout)[0]
         if return_length:
             # The two transformers classes disagree: the slow one counts tokens, the fast one padded positions.
             rows = encoding["input_ids"] if self._length_after_padding else ids
-            encoding["length"] = [len(row) for row in rows]
+            extras["length"] = [len(row) for row in rows]
+        encoding.update(extras)
+        encoding = BatchEncoding({key: encoding[key] for key in self._KEY_ORDER if key in encoding})
         if single and return_tensors is None:
             encoding = BatchEncoding({k: v[0] for k, v in encoding.items()})
+        if self.is_fast:  # word_ids(), tokens(), sequence_ids(): computed when first asked for
+            encoding.set_token_details(lambda: self._token_details(texts, add_special_tokens, layout))
         return encoding.convert_to_tensors(return_tensors)
+
+    is_fast = False
+
+    def _token_details(self, texts, add_special_tokens, layout) -> tuple[list, list, list]:
+        """(offsets, word ids, tokens) of each text, truncated and padded like its ids (fast only)."""
+        raise ValueError(
+            "word_ids(), tokens() and offsets are not available with CLIPTokenizer (pure Python); "
+            "use CLIPTokenizerFast"
+        )
+
+    def _special_mask(self, row: list[int], add_special_tokens: bool) -> list[int]:
+        """1 at the <|startoftext|> / <|endoftext|> the tokenizer added, 0 elsewhere (as transformers)."""
+        if not add_special_tokens:
+            return [0] * len(row)
+        return [1] + [0] * (len(row) - 2) + [1]
 
     def _resolve_strategies(self, padding, truncation, max_length):
         if padding is None:
@@ -375,16 +637,6 @@ class _CLIPTokenizerBase:
                 max_length = self.model_max_length
         return padding, truncation, max_length
 
-    def _truncate(self, ids: list[list[int]], max_length: int, kept_eos: bool) -> list[list[int]]:
-        """Cut each sequence to max_length; when it carries special tokens, the last one stays <|endoftext|>."""
-        eos = self.eos_token_id
-        out = []
-        for row in ids:
-            if len(row) > max_length:
-                row = row[: max_length - 1] + [eos] if kept_eos else row[:max_length]
-            out.append(row)
-        return out
-
     def _check_fits_context(self, ids: list[list[int]]) -> None:
         for index, row in enumerate(ids):
             if len(row) > self.model_max_length:
@@ -393,9 +645,10 @@ class _CLIPTokenizerBase:
                     "pass truncation=True to cut it (keeping the final <|endoftext|>)"
                 )
 
-    def _pad(self, ids, padding, max_length, multiple, return_tensors, with_mask: bool) -> BatchEncoding:
+    def _pad(self, ids, layout: _Layout, return_tensors, with_mask: bool) -> BatchEncoding:
+        """input_ids (and attention_mask) padded to ``layout.width`` on ``layout.padding_side``."""
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        if padding is None:
+        if layout.width is None:
             if return_tensors is not None and len(set(lengths.tolist())) > 1:
                 raise ValueError(
                     "texts have different lengths; pass padding=True (or 'max_length') to return tensors"
@@ -404,10 +657,7 @@ class _CLIPTokenizerBase:
             if with_mask:
                 encoding["attention_mask"] = [[1] * len(row) for row in ids]
             return encoding
-        longest = int(lengths.max(initial=0))
-        target = longest if padding == "longest" else max_length
-        if multiple:
-            target = -(-target // multiple) * multiple
+        longest, target = int(lengths.max(initial=0)), layout.width
         if longest > target:
             # Padding never cuts (truncation is a separate step, as in transformers), so rows stay ragged.
             if return_tensors is not None:
@@ -416,33 +666,93 @@ class _CLIPTokenizerBase:
                     f"text {index} has {longest} tokens, more than max_length={target}; "
                     "pass truncation=True to cut it to that length"
                 )
-            widths = np.maximum(lengths, target).tolist()
+            encoding = BatchEncoding(input_ids=layout.pad_all(ids, self.pad_token_id))
+            if with_mask:
+                encoding["attention_mask"] = layout.pad_all([[1] * len(row) for row in ids], 0)
+            return encoding
         # One vectorised scatter instead of a Python loop per row.
-        width = max(longest, target)
-        valid = np.arange(width)[None, :] < lengths[:, None]
-        input_ids = np.full((len(ids), width), self.pad_token_id, dtype=np.int64)
+        positions = np.arange(target)[None, :]
+        if layout.padding_side == "left":
+            valid = positions >= target - lengths[:, None]
+        else:
+            valid = positions < lengths[:, None]
+        input_ids = np.full((len(ids), target), self.pad_token_id, dtype=np.int64)
         if len(ids):
             input_ids[valid] = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
         mask = valid.astype(np.int64)
         if return_tensors is None:
             input_ids, mask = input_ids.tolist(), mask.tolist()
-            if longest > target:
-                input_ids = [row[:w] for row, w in zip(input_ids, widths)]
-                mask = [row[:w] for row, w in zip(mask, widths)]
         encoding = BatchEncoding(input_ids=input_ids)
         if with_mask:
             encoding["attention_mask"] = mask
         return encoding
 
+    def pad(
+        self,
+        encoded_inputs,
+        padding=True,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_tensors=None,
+        verbose: bool = True,
+    ) -> BatchEncoding:
+        """Pad encodings made earlier (a tokenizer output, a list of them, or a dict of lists), as
+        transformers' ``pad``: input_ids with the pad token, attention_mask and token_type_ids with 0,
+        special_tokens_mask with 1; tensors in, the same kind of tensors out."""
+        if (
+            isinstance(encoded_inputs, (list, tuple))
+            and encoded_inputs
+            and isinstance(encoded_inputs[0], Mapping)
+        ):
+            encoded_inputs = {key: [example[key] for example in encoded_inputs] for key in encoded_inputs[0]}
+        if not isinstance(encoded_inputs, Mapping) or "input_ids" not in encoded_inputs:
+            raise ValueError("pad takes an encoding, a list of encodings, or a dict of lists with input_ids")
+        inputs, found_tensors = {}, None
+        for key, value in encoded_inputs.items():
+            inputs[key], kind = _as_python(value)
+            found_tensors = found_tensors or kind
+        return_tensors = return_tensors if return_tensors is not None else found_tensors
+        rows = inputs["input_ids"]
+        single = bool(rows) and not isinstance(rows[0], list)
+        if single:
+            inputs = {key: [value] for key, value in inputs.items()}
+            rows = inputs["input_ids"]
+        if return_attention_mask is not False and "attention_mask" not in inputs:
+            inputs["attention_mask"] = [[1] * len(row) for row in rows]
+        if return_attention_mask is False:
+            inputs.pop("attention_mask", None)
+        strategy, _, max_length = self._resolve_strategies(padding, False, max_length)
+        layout = _Layout(
+            padding_side=_side(
+                padding_side if padding_side is not None else self.padding_side, "padding_side"
+            )
+        )
+        layout.width = _padded_width(rows, strategy, max_length, pad_to_multiple_of)
+        values = {
+            "input_ids": self.pad_token_id,
+            "attention_mask": 0,
+            "token_type_ids": 0,
+            "special_tokens_mask": 1,
+        }
+        out = BatchEncoding()
+        for key, value in inputs.items():
+            padded = layout.pad_all(value, values[key]) if key in values and layout.width else value
+            out[key] = padded[0] if single else padded
+        return out.convert_to_tensors(return_tensors)
+
     # ----- decoding -------------------------------------------------------------------------------
     def decode(
         self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None, **kwargs
     ) -> str:
+        """Text from ids; ``spaces_between_special_tokens`` (default True) as transformers' slow class."""
         if hasattr(token_ids, "tolist"):
             token_ids = token_ids.tolist()
         if isinstance(token_ids, int):
             token_ids = [token_ids]
-        text = self._decode_ids([int(i) for i in token_ids], skip_special_tokens)
+        spaces = kwargs.pop("spaces_between_special_tokens", True)
+        text = self._decode_ids([int(i) for i in token_ids], skip_special_tokens, spaces)
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
         return self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
@@ -452,14 +762,34 @@ class _CLIPTokenizerBase:
     ):
         if hasattr(sequences, "tolist"):
             sequences = sequences.tolist()
-        return [self.decode(s, skip_special_tokens, clean_up_tokenization_spaces) for s in sequences]
+        return [
+            self.decode(s, skip_special_tokens, clean_up_tokenization_spaces, **kwargs) for s in sequences
+        ]
 
-    def _decode_ids(self, ids: list[int], skip_special_tokens: bool) -> str:
-        tokens = self.convert_ids_to_tokens(ids, skip_special_tokens=skip_special_tokens)
+    def _decode_ids(self, ids: list[int], skip_special_tokens: bool, spaces: bool = True) -> str:
+        """transformers' slow decoding: byte-level pieces joined, added tokens (not special ones) set
+        apart and the parts joined by a space (``spaces``)."""
+        tokens = [self.decoder.get(i) for i in ids]
         for index, token in zip(ids, tokens):
             if token is None:
                 raise ValueError(f"token id {index} is not in the vocabulary (size {len(self)})")
-        return self.convert_tokens_to_string(tokens)
+        special = set(self.all_special_tokens)
+        added = (set(self.added_tokens_encoder) - special) | {
+            t for t in self.additional_special_tokens if self._lookup(t) >= self.vocab_size
+        }
+        parts, current = [], []
+        for token in tokens:
+            if skip_special_tokens and token in special:
+                continue
+            if token in added:
+                text = self.convert_tokens_to_string(current) if current else ""
+                parts += [text, token] if text else [token]
+                current = []
+            else:
+                current.append(token)
+        if current:
+            parts.append(self.convert_tokens_to_string(current))
+        return (" " if spaces else "").join(parts)
 
     @staticmethod
     def clean_up_tokenization(text: str) -> str:
@@ -481,19 +811,32 @@ class _CLIPTokenizerBase:
 
     # ----- files ----------------------------------------------------------------------------------
     @staticmethod
-    def _read_folder(pretrained) -> tuple[str, dict]:
-        folder = resolve_folder(pretrained)
+    def _read_folder(pretrained, kwargs: dict) -> tuple[str, dict]:
+        """The local folder (Hub options such as subfolder, revision, cache_dir are taken out of
+        ``kwargs``) and the init keywords its tokenizer_config.json / special_tokens_map.json give."""
+        folder = resolve_folder(pretrained, hub=HubOptions.pop_from(kwargs))
         config = _read_json(os.path.join(folder, "special_tokens_map.json"))
         config.update(_read_json(os.path.join(folder, "tokenizer_config.json")))
         kwargs = {}
         for name in ("unk_token", "bos_token", "eos_token", "pad_token"):
             if config.get(name) is not None:
                 kwargs[name] = _token_content(config[name])
-        for name in ("model_max_length", "clean_up_tokenization_spaces", "errors"):
+        for name in (
+            "model_max_length",
+            "clean_up_tokenization_spaces",
+            "errors",
+            "padding_side",
+            "truncation_side",
+        ):
             if name in config:
                 kwargs[name] = config[name]
+        if config.get("additional_special_tokens"):
+            kwargs["additional_special_tokens"] = [
+                _token_content(t) for t in config["additional_special_tokens"]
+            ]
         added = config.get("added_tokens_decoder") or {}
         kwargs["added_tokens"] = {_token_content(v): int(k) for k, v in added.items()}
+        kwargs["name_or_path"] = os.fspath(pretrained)
         if kwargs.get("model_max_length") is not None and kwargs["model_max_length"] >= _LARGE:
             kwargs["model_max_length"] = _UNLIMITED
         return folder, kwargs
@@ -512,7 +855,19 @@ class _CLIPTokenizerBase:
         added_ids = {self._lookup(t): t for t in self.all_special_tokens} | {
             i: t for t, i in self.added_tokens_encoder.items()
         }
+        sides = {
+            name: getattr(self, name)
+            for name in ("padding_side", "truncation_side")
+            if getattr(self, name) != "right"
+        }
+        extra = (
+            {"additional_special_tokens": self.additional_special_tokens}
+            if self.additional_special_tokens
+            else {}
+        )
         return {
+            **sides,
+            **extra,
             "added_tokens_decoder": {str(i): added(t) for i, t in sorted(added_ids.items())},
             "bos_token": self.bos_token,
             "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
@@ -589,10 +944,33 @@ class CLIPTokenizer(_CLIPTokenizerBase):
             self._default_padding, self._default_truncation = False, None
             self._split, self._ascii_split = TRANSFORMERS_SPLIT, _ASCII_SPLIT
             self._literal_ids = {BOS_TOKEN: encoder[BOS_TOKEN], EOS_TOKEN: encoder[EOS_TOKEN]}
-            # transformers cuts the raw text at added tokens (exact case) before any cleaning.
-            added = sorted({*self.all_special_tokens, *self.added_tokens_encoder}, key=len, reverse=True)
-            self._added_split = std_re.compile("(" + "|".join(std_re.escape(t) for t in added) + ")")
+            self._build_added_split()
         self._word_ids = WordIdsCache(self._learn)
+        self._init_options(kwargs)
+
+    def _build_added_split(self) -> None:
+        # transformers cuts the raw text at added tokens (exact case) before any cleaning.
+        added = sorted({*self.all_special_tokens, *self.added_tokens_encoder}, key=len, reverse=True)
+        self._added_split = std_re.compile("(" + "|".join(std_re.escape(t) for t in added) + ")")
+
+    def _add_tokens(self, contents: list[str], special: bool) -> int:
+        if self.mode == "openai":
+            raise ValueError(
+                "add_tokens is not supported in mode='openai' (open_clip's tokenize has no added tokens)"
+            )
+        count = 0
+        for content in contents:
+            if content in self.added_tokens_encoder:
+                continue
+            if content in self.encoder:  # registered (cut out of texts) but not new, as transformers
+                self.added_tokens_encoder[content] = self.encoder[content]
+                continue
+            index = len(self)
+            self.added_tokens_encoder[content] = index
+            self.decoder[index] = content
+            count += 1
+        self._build_added_split()
+        return count
 
     def clear_cache(self) -> None:
         """Forget the words seen so far (they are re-encoded on next sight; for benchmarks and memory)."""
@@ -604,7 +982,7 @@ class CLIPTokenizer(_CLIPTokenizerBase):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> CLIPTokenizer:
-        folder, config = cls._read_folder(pretrained_model_name_or_path)
+        folder, config = cls._read_folder(pretrained_model_name_or_path, kwargs)
         vocab_file, merges_file = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
         for path in (vocab_file, merges_file):
             if not os.path.isfile(path):

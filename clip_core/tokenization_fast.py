@@ -125,6 +125,15 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
     _default_padding = False
     _default_truncation = None
     _length_after_padding = True
+    # transformers' fast tokenizers: the mask right after the ids.
+    _KEY_ORDER = (
+        "input_ids",
+        "token_type_ids",
+        "attention_mask",
+        "special_tokens_mask",
+        "offset_mapping",
+        "length",
+    )
 
     def __init__(
         self,
@@ -169,6 +178,31 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
         )
         self._python_path = self._is_standard_pipeline()
         self._word_ids = WordIdsCache(self._learn)
+        self._init_options(kwargs)
+
+    is_fast = True
+
+    def _add_tokens(self, contents: list[str], special: bool) -> int:
+        """Added to the `tokenizers` pipeline as transformers' fast class adds them (its count returned)."""
+        count = (self._backend.add_special_tokens if special else self._backend.add_tokens)(contents)
+        for index, token in self._backend.get_added_tokens_decoder().items():
+            self.added_tokens_encoder[token.content] = index
+            self.decoder[index] = token.content
+        self._python_path = self._is_standard_pipeline()  # the library now cuts the added tokens out
+        return count
+
+    def _token_details(self, texts, add_special_tokens, layout) -> tuple[list, list, list]:
+        """(offsets, word ids, tokens) of each text from the `tokenizers` pipeline, laid out like the ids."""
+        details = ([], [], [])
+        for encoding in self._backend.encode_batch(texts, add_special_tokens=False):
+            offsets, words, tokens = list(encoding.offsets), list(encoding.word_ids), list(encoding.tokens)
+            if add_special_tokens:  # transformers' post-processor: specials at (0, 0), in no word
+                offsets = [(0, 0), *offsets, (0, 0)]
+                words = [None, *words, None]
+                tokens = [self.bos_token, *tokens, self.eos_token]
+            for out, row, pad in zip(details, (offsets, words, tokens), ((0, 0), None, self.pad_token)):
+                out.append(layout.pad(layout.truncate(row), pad))
+        return details
 
     def clear_cache(self) -> None:
         """Forget the words seen so far, here and in the library's BPE cache."""
@@ -201,7 +235,7 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> CLIPTokenizerFast:
-        folder, config = cls._read_folder(pretrained_model_name_or_path)
+        folder, config = cls._read_folder(pretrained_model_name_or_path, kwargs)
         tokenizer_file = os.path.join(folder, "tokenizer.json")
         if os.path.isfile(tokenizer_file):
             return cls(tokenizer_file=tokenizer_file, **{**config, **kwargs})
@@ -276,7 +310,7 @@ class CLIPTokenizerFast(_CLIPTokenizerBase):
         tokenize = self._backend.model.tokenize
         return [[token.id for token in tokenize(byte_encode(word))] for word in words]
 
-    def _decode_ids(self, ids: list[int], skip_special_tokens: bool) -> str:
+    def _decode_ids(self, ids: list[int], skip_special_tokens: bool, spaces: bool = True) -> str:
         vocab_size = len(self)
         for index in ids:
             if not 0 <= index < vocab_size:

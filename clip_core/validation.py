@@ -70,12 +70,18 @@ def check_position_ids(shape: Sequence[int] | None, ids_shape: Sequence[int]) ->
         )
 
 
-def check_pixel_values(shape: Shape | None, config, interpolate_pos_encoding: bool = False) -> None:
-    """``pixel_values`` must be channels-first [batch, channels, height, width] of the config's size.
+def check_pixel_values(
+    shape: Shape | None, config, interpolate_pos_encoding: bool = False, channels_last: bool = False
+) -> None:
+    """``pixel_values`` must be channels-first [batch, channels, height, width] of the config's size
+    (``channels_last``: [batch, height, width, channels], what the Flax Linen modules take).
 
     Dimensions unknown while tracing (None) are taken to be the expected ones.
     """
     require_inputs(pixel_values=shape)
+    layout = "[batch, height, width, channels]" if channels_last else "[batch, channels, height, width]"
+    if len(shape) == 4 and channels_last:
+        shape = (shape[0], shape[3], shape[1], shape[2])
     if interpolate_pos_encoding and len(shape) == 4 and None in tuple(shape)[2:]:
         raise ValueError(
             "interpolate_pos_encoding needs the image height and width known when the model is traced; "
@@ -85,12 +91,12 @@ def check_pixel_values(shape: Shape | None, config, interpolate_pos_encoding: bo
         expected = (0, config.num_channels, config.image_size, config.image_size)
         shape = tuple(e if s is None else s for s, e in zip(shape, expected))
     if len(shape) != 4:
-        raise ValueError(
-            f"pixel_values must have 4 dimensions [batch, channels, height, width], got shape {tuple(shape)}"
-        )
+        raise ValueError(f"pixel_values must have 4 dimensions {layout}, got shape {tuple(shape)}")
     channels, height, width = shape[1], shape[2], shape[3]
     if channels != config.num_channels:
-        hint = " (pixel_values are channels-first)" if shape[-1] == config.num_channels else ""
+        wrong_layout = (shape[2] if channels_last else shape[-1]) == config.num_channels
+        side = "channels-last (the Flax Linen modules' layout)" if channels_last else "channels-first"
+        hint = f" (pixel_values are {side}: {layout})" if wrong_layout else ""
         raise ValueError(f"pixel_values must have {config.num_channels} channels, got {channels}{hint}")
     if interpolate_pos_encoding:
         if height < config.patch_size or width < config.patch_size:

@@ -81,25 +81,28 @@ def write_safetensors(state: Mapping[str, np.ndarray], path: str | os.PathLike) 
 # Whole checkpoints (the formats themselves live in clip_core.formats)
 
 
-def open_checkpoint(pretrained: str | os.PathLike, cache_dir: str | None = None, verify: bool = False):
+def open_checkpoint(
+    pretrained: str | os.PathLike, cache_dir: str | None = None, verify: bool = False, **options
+):
     """Lazy reader (Mapping name -> array, ``.info(name)``) over any supported checkpoint.
 
-    Use it as a context manager to close the file; see clip_core.formats.open_checkpoint.
+    Use it as a context manager to close the file; see clip_core.formats.open_checkpoint (and its
+    ``options``: hub, prefer, use_safetensors, variant).
     """
-    return checkpoint_formats.open_checkpoint(pretrained, cache_dir=cache_dir, verify=verify)
+    return checkpoint_formats.open_checkpoint(pretrained, cache_dir=cache_dir, verify=verify, **options)
 
 
 def load_state_dict(
-    pretrained: str | os.PathLike, cache_dir: str | None = None, verify: bool = False
+    pretrained: str | os.PathLike, cache_dir: str | None = None, verify: bool = False, **options
 ) -> dict[str, np.ndarray]:
     """Canonical tensors (torch names and layout) from a folder, a weights file or a Hub id.
 
     A folder is read in this preference: model.safetensors, its sharded index, pytorch_model.bin
-    (only through torch.load(weights_only=True)), its index, tf_model.h5, flax_model.msgpack.
-    verify: compare the files with the folder's checksums.sha256 first (CheckpointError if it is
-    missing or any file differs).
+    (only through torch.load(weights_only=True)), its index, tf_model.h5, flax_model.msgpack;
+    ``options`` as in clip_core.formats.find_weights_file. verify: compare the files with the
+    folder's checksums.sha256 first (CheckpointError if it is missing or any file differs).
     """
-    with open_checkpoint(pretrained, cache_dir=cache_dir, verify=verify) as reader:
+    with open_checkpoint(pretrained, cache_dir=cache_dir, verify=verify, **options) as reader:
         return {name: reader[name] for name in reader}
 
 

@@ -55,8 +55,10 @@ class FlaxEncoder:
         module = FlaxCLIPModule(model.config, dtype=compute, param_dtype=model.param_dtype)
         self.model, self.config = model, model.config
         self.params = jax.device_put(model.params)
-        self._images = jax.jit(
-            lambda params, p: module.apply({"params": params}, p, method=FlaxCLIPModule.get_image_features)
+        self._images = jax.jit(  # channels-first pixels in, the Linen module takes channels-last
+            lambda params, p: module.apply(
+                {"params": params}, jnp.transpose(p, (0, 2, 3, 1)), method=FlaxCLIPModule.get_image_features
+            )
         )
         self._texts = jax.jit(
             lambda params, i, m: module.apply(
@@ -64,7 +66,9 @@ class FlaxEncoder:
             )
         )
         self._patches = jax.jit(
-            lambda params, p, path: module.apply({"params": params}, p, path, method=_patch_states),
+            lambda params, p, path: module.apply(
+                {"params": params}, jnp.transpose(p, (0, 2, 3, 1)), path, method=_patch_states
+            ),
             static_argnums=2,
         )
         self._tokens = jax.jit(

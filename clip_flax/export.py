@@ -45,6 +45,11 @@ def flat_params(params) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
 
 
+def channels_last(pixel_values):
+    """Channels-first pixels (what exports take, as the wrapper classes) for the Linen module's channels-last."""
+    return jnp.transpose(pixel_values, (0, 2, 3, 1))
+
+
 def tower_function(config, tower: str, dtype=jnp.float32, hidden_states: bool = False):
     """The pure function a tower exports: (flat params, *inputs) -> dict of float32 arrays."""
     module = FlaxCLIPModule(config, dtype=dtype)
@@ -57,14 +62,14 @@ def tower_function(config, tower: str, dtype=jnp.float32, hidden_states: bool = 
         }
 
     def vision(m, pixel_values):
-        out = m.vision_model(pixel_values, True)
+        out = m.vision_model(channels_last(pixel_values), True)
         return {
             "image_embeds": m.visual_projection(out.pooler_output),
             "last_hidden_state": out.last_hidden_state,
         }
 
     def full(m, input_ids, attention_mask, pixel_values):
-        out = m(input_ids, pixel_values, attention_mask, return_dict=True)
+        out = m(input_ids, channels_last(pixel_values), attention_mask, return_dict=True)
         return {name: getattr(out, name) for name in FULL_OUTPUTS}
 
     method = {"text": text, "vision": vision, "full": full}[tower]
@@ -149,13 +154,13 @@ def _jitted(model: FlaxCLIPModel) -> dict:
     if model not in _REFERENCE:
         module, config = FlaxCLIPModule(model.config), model.config
 
-        def method(name):
+        def method(name, inputs=lambda *x: x):
             return jax.jit(
-                lambda p, *x: module.apply({"params": p}, *x, method=getattr(FlaxCLIPModule, name))
+                lambda p, *x: module.apply({"params": p}, *inputs(*x), method=getattr(FlaxCLIPModule, name))
             )
 
         def full(p, ids, pixels, mask):
-            out = module.apply({"params": p}, ids, pixels, mask, return_dict=True)
+            out = module.apply({"params": p}, ids, channels_last(pixels), mask, return_dict=True)
             return {name: getattr(out, name) for name in FULL_OUTPUTS}
 
         def hidden(tower):
@@ -164,7 +169,7 @@ def _jitted(model: FlaxCLIPModel) -> dict:
 
         _REFERENCE[model] = {
             "text": method("get_text_features"),
-            "vision": method("get_image_features"),
+            "vision": method("get_image_features", lambda pixels: (channels_last(pixels),)),
             "full": jax.jit(full),
             "text_hidden": hidden("text"),
             "vision_hidden": hidden("vision"),

@@ -7,8 +7,9 @@ Flax Linen. Each submodule is named after its canonical module, so the params tr
 its params are in clip_flax/pretrained.py and clip_core.
 
 Two layers of API, as in transformers: Linen modules (``FlaxCLIPModule`` ...) for users who manage
-params themselves (``module.apply({"params": params}, ...)``), and thin wrappers
-(``FlaxCLIPModel`` ...) that hold ``params`` and load/save checkpoints. Everything is
+params themselves (``module.apply({"params": params}, ...)``, transformers' argument order and
+channels-last pixels), and thin wrappers (``FlaxCLIPModel`` ...) that hold ``params``, take
+channels-first pixels and load/save checkpoints. Everything is
 jit-compatible: shapes are checked in Python (they are static under tracing), id values only when
 the ids are concrete.
 
@@ -40,7 +41,7 @@ from clip_core.modeling_utils import (
     text_output,
     vision_output,
 )
-from clip_flax.pretrained import FlaxCLIPPreTrainedModel, ids_array, pixels_array
+from clip_flax.pretrained import FlaxCLIPPreTrainedModel, ids_array, module_pixels
 
 # The output containers as pytrees, so that jax.jit (and grad, vmap...) can return them.
 for _output in (
@@ -113,7 +114,7 @@ class CLIPTextEmbeddings(_Block):
 
 
 class CLIPVisionEmbeddings(_Block):
-    """Channels-first pixels, transposed once for XLA's channels-last convolution."""
+    """Channels-last pixels (B, H, W, C), as transformers' Flax modules and XLA's convolution want."""
 
     def setup(self):
         cfg, patch = self.config, (self.config.patch_size,) * 2
@@ -127,9 +128,7 @@ class CLIPVisionEmbeddings(_Block):
         self.position_embedding = _embed(self, cfg.num_patches + 1)
 
     def __call__(self, pixel_values, interpolate_pos_encoding=False):
-        # Channels-first in (like transformers); XLA's convolutions want channels-last.
-        pixels = jnp.transpose(pixel_values.astype(self.dtype), (0, 2, 3, 1))
-        patches = self.patch_embedding(pixels)  # (B, grid_h, grid_w, C)
+        patches = self.patch_embedding(pixel_values.astype(self.dtype))  # (B, grid_h, grid_w, C)
         batch, grid_h, grid_w, width = patches.shape
         patches = patches.reshape(batch, grid_h * grid_w, width)
         class_token = jnp.broadcast_to(self.class_embedding.astype(self.dtype), (batch, 1, width))
@@ -376,8 +375,8 @@ class _Head(_Block):
         validation.check_text_inputs(config, *shapes, id_range=id_range, integer_ids=integer)
         return input_ids, attention_mask, position_ids
 
-    def _pixel_inputs(self, config, pixel_values, interpolate_pos_encoding):
-        validation.check_pixel_values(_shape(pixel_values), config, bool(interpolate_pos_encoding))
+    def _pixel_inputs(self, config, pixel_values, interpolate_pos_encoding):  # channels-last here
+        validation.check_pixel_values(_shape(pixel_values), config, bool(interpolate_pos_encoding), True)
         return pixel_values
 
 
@@ -449,7 +448,7 @@ class FlaxCLIPTextModelWithProjectionModule(_TextModule):
 
 
 class FlaxCLIPVisionModule(_VisionModule):
-    """Linen module of FlaxCLIPVisionModel (channels-first pixel_values)."""
+    """Linen module of FlaxCLIPVisionModel (channels-last pixel_values, as transformers')."""
 
 
 class FlaxCLIPVisionModelWithProjectionModule(_VisionModule):
@@ -552,7 +551,8 @@ class _VisionPreTrainedModel(FlaxCLIPPreTrainedModel):
         options = dict(
             **flags, return_dict=return_dict, interpolate_pos_encoding=bool(interpolate_pos_encoding)
         )
-        return self._apply(params, dropout_rng, train, pixels_array(pixel_values), **options)
+        pixels = module_pixels(pixel_values, self.config, interpolate_pos_encoding)
+        return self._apply(params, dropout_rng, train, pixels, **options)
 
 
 class FlaxCLIPTextModel(_TextPreTrainedModel):
@@ -634,12 +634,8 @@ class FlaxCLIPModel(FlaxCLIPPreTrainedModel):
     ):
         validation.require_inputs(input_ids=input_ids, pixel_values=pixel_values)
         flags = output_flags(self.config, output_attentions, output_hidden_states)
-        inputs = (
-            ids_array(input_ids),
-            pixels_array(pixel_values),
-            ids_array(attention_mask),
-            ids_array(position_ids),
-        )
+        pixels = module_pixels(pixel_values, self.config.vision_config, interpolate_pos_encoding)
+        inputs = (ids_array(input_ids), pixels, ids_array(attention_mask), ids_array(position_ids))
         options = dict(return_dict=return_dict, interpolate_pos_encoding=bool(interpolate_pos_encoding))
         return self._apply(
             params, dropout_rng, train, *inputs, **flags, **options, return_loss=bool(return_loss)
@@ -677,9 +673,8 @@ class FlaxCLIPModel(FlaxCLIPPreTrainedModel):
         validation.require_inputs(pixel_values=pixel_values)
         interpolate = dict(interpolate_pos_encoding=bool(interpolate_pos_encoding))
         method = FlaxCLIPModule.get_image_features
-        return self._apply(
-            params, dropout_rng, train, pixels_array(pixel_values), **interpolate, method=method
-        )
+        pixels = module_pixels(pixel_values, self.config.vision_config, interpolate_pos_encoding)
+        return self._apply(params, dropout_rng, train, pixels, **interpolate, method=method)
 
 
 __all__ = [

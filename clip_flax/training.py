@@ -326,9 +326,8 @@ def embed(module, params, batch, rng=None, deterministic: bool = True):
         rngs=rngs,
         method="get_text_features",
     )
-    image = module.apply(
-        variables, batch["pixel_values"], deterministic, rngs=rngs, method="get_image_features"
-    )
+    pixels = jnp.transpose(batch["pixel_values"], (0, 2, 3, 1))  # the Linen module takes channels-last
+    image = module.apply(variables, pixels, deterministic, rngs=rngs, method="get_image_features")
     text, image = text.astype(jnp.float32), image.astype(jnp.float32)
     text = text / jnp.linalg.norm(text, axis=-1, keepdims=True)
     image = image / jnp.linalg.norm(image, axis=-1, keepdims=True)
@@ -601,6 +600,7 @@ class Trainer:
         return f / jnp.linalg.norm(f, axis=-1, keepdims=True)
 
     def _image_features(self, params, pixels):
+        pixels = jnp.transpose(pixels, (0, 2, 3, 1))  # channels-first batches, channels-last module
         f = self.module.apply({"params": model_params(params)}, pixels, True, method="get_image_features")
         f = f.astype(jnp.float32)
         return f / jnp.linalg.norm(f, axis=-1, keepdims=True)

@@ -10,8 +10,8 @@ float32 tensors:
   ``logits_per_text``, ``text_embeds``, ``image_embeds`` (the full model, ``--towers full``)
 
 It reloads with TensorFlow alone: ``tf.saved_model.load("OUT/1").signatures["get_text_features"]``.
-``tf.saved_model.save(model, path)`` on a model itself works too: its default signature is the one
-``default_signature`` gives for its kind.
+``tf.saved_model.save(model, path)`` on a model itself works too: its default signature is the
+model's ``serving`` (clip_tf.pretrained: int32 ids as transformers' ``serving_default``).
 
 TFLite: ``text.tflite`` and ``vision.tflite``, converted from the same tf.functions with TFLite's
 built-in ops only (so ``ai_edge_litert.interpreter.Interpreter`` runs them with no Flex delegate);
@@ -85,25 +85,6 @@ def serving_functions(model, towers=("text", "vision", "full"), hidden_states: b
 
         functions[SIGNATURES["full"]] = serving_default
     return functions
-
-
-def default_signature(model):
-    """The serving signature ``tf.saved_model.save(model, path)`` gives a model of our five classes:
-    the full model's logits for TFCLIPModel, else its tower's outputs as a flat dict."""
-    from clip_core.outputs import ModelOutput
-
-    if isinstance(model, TFCLIPModel):
-        return serving_functions(model, ("full",))["serving_default"]
-    is_text = hasattr(model, "text_model")
-    spec = _text_spec() if is_text else _image_spec(model.config)
-
-    @tf.function(input_signature=spec)
-    def serving_default(*inputs):
-        out = model(*inputs, return_dict=True)
-        items = out.items() if isinstance(out, ModelOutput) else dict(out).items()
-        return {k: tf.cast(v, tf.float32) for k, v in items if isinstance(v, tf.Tensor)}
-
-    return serving_default
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,13 +10,18 @@ clip_core.validation (ids by value only when running eagerly), and ``get_config`
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from clip_core import validation
 from clip_core.layouts import canonical_name_from_tf, from_channels_last, to_channels_last
-from clip_core.modeling_utils import as_config, init_rule
+from clip_core.modeling_utils import as_config, check_attn_implementation, init_rule, is_embedding_table
 from clip_core.pretrained import PretrainedModelMixin
 
 SERIALIZATION_PACKAGE = "clip_tf"
@@ -41,10 +46,17 @@ class TFCLIPPreTrainedModel(PretrainedModelMixin, keras.Model):
     ``_do_init=False`` builds the variables without drawing random values (from_pretrained fills them).
     """
 
-    def __init__(self, config, _do_init: bool = True, **kwargs):
+    default_formats = ("tf",)  # tf_model.h5, as transformers' TF classes write and read (not safetensors)
+    unsafe_format = "tf"
+    framework = "tf"
+    base_model_prefix = "clip"
+
+    def __init__(self, config, _do_init: bool = True, attn_implementation: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.config = as_config(config, self.config_class)
         self._do_init = _do_init
+        # One attention here, numerically "eager" (and "sdpa", a torch kernel of the same math).
+        self.attn_implementation = check_attn_implementation(attn_implementation)
 
     def _child_kwargs(self, name: str) -> dict:
         return {"name": name, "dtype": self.dtype_policy}
@@ -73,19 +85,33 @@ class TFCLIPPreTrainedModel(PretrainedModelMixin, keras.Model):
         }
 
     @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
-        return cls(**config)
+    def from_config(cls, config, **kwargs):
+        """A new model from ``get_config()`` (Keras), or from a config: ``model.config``, its
+        ``to_dict()``, or transformers' config (transformers' ``from_config``)."""
+        if isinstance(config, Mapping) and isinstance(config.get("config"), Mapping):  # get_config()
+            config = {**config, **kwargs}
+            if isinstance(config.get("dtype"), dict):
+                config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
+            return cls(**config)
+        return super().from_config(config, **kwargs)
 
-    @property
-    def _default_save_signature(self):
-        """What ``tf.saved_model.save(model, path)`` serves (Keras would guess float inputs from build
-        shapes): clip_tf.export.default_signature, a flat dict of the model's float32 outputs."""
-        from clip_tf.export import default_signature
+    def __call__(self, *args, **kwargs):
+        """Keras style too: ``model(inputs)`` with a dict of inputs (a processor's or tokenizer's output)."""
+        if args and isinstance(args[0], Mapping):
+            kwargs = {**args[0], **kwargs}
+            args = args[1:]
+        return super().__call__(*args, **kwargs)
 
-        return default_signature(self)
+    def compile(self, optimizer="rmsprop", *args, **kwargs):
+        """Keras' compile; a tf-keras (Keras 2) optimizer gets an error that says what to pass instead."""
+        module = type(optimizer).__module__
+        if module.startswith(("tf_keras", "tensorflow.python.keras", "keras.optimizers.legacy")):
+            raise TypeError(
+                f"{type(self).__name__} is a Keras 3 model, but the optimizer {type(optimizer).__name__} is from "
+                "tf-keras (Keras 2: what tf.keras is once transformers has set TF_USE_LEGACY_KERAS=1). Pass a "
+                "Keras 3 optimizer: `import keras; keras.optimizers.Adam(...)`, or a name such as 'adam'"
+            )
+        return super().compile(optimizer, *args, **kwargs)
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -126,6 +152,131 @@ class TFCLIPPreTrainedModel(PretrainedModelMixin, keras.Model):
             var.assign(to_channels_last(name, np.asarray(state[name])).astype(var.dtype))
 
     @classmethod
-    def _for_loading(cls, config, dtype=None, **kwargs):
-        """``dtype``: a Keras dtype policy or its name ("float32", "bfloat16", "mixed_bfloat16")."""
+    def _framework_dtype(cls, dtype) -> str:
+        """A Keras dtype policy name from a name, a policy, or a TF / torch / numpy dtype."""
+        name = getattr(dtype, "name", dtype) if not isinstance(dtype, str) else dtype
+        name = str(name).removeprefix("torch.")
+        if name not in _POLICY_NAMES:
+            raise ValueError(f"dtype must be one of {_POLICY_NAMES} (Keras dtype policies), got {dtype!r}")
+        return name
+
+    @classmethod
+    def _for_loading(cls, config, dtype=None, device_map=None, **kwargs):
+        """``dtype``: a Keras dtype policy name ("float32", "bfloat16", "float16", "mixed_bfloat16", ...)."""
+        if device_map is not None:
+            raise ValueError(
+                "device_map is a PyTorch option; in TensorFlow place the model with `with tf.device(...)`"
+            )
         return cls(config, _do_init=False, **({"dtype": dtype} if dtype is not None else {}), **kwargs)
+
+    # -- transformers' TFPreTrainedModel API ---------------------------------------------------
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameter count (``exclude_embeddings``: without the token and position embedding tables)."""
+        return sum(
+            int(np.prod(var.shape))
+            for name, var in self.canonical_variables().items()
+            if (var.trainable or not only_trainable) and not (exclude_embeddings and is_embedding_table(name))
+        )
+
+    def get_input_embeddings(self) -> keras.layers.Layer:
+        """The token embedding layer (its table is ``.embeddings``; transformers' ``.weight``) of text
+        models and TFCLIPModel, the patch embedding of vision models."""
+        tower = self.text_model if getattr(self, "text_model", None) is not None else self.vision_model
+        return getattr(tower.embeddings, "token_embedding", None) or tower.embeddings.patch_embedding
+
+    def set_input_embeddings(self, value) -> None:
+        """A new token table of the same shape (a tf.Variable or array, as transformers' TF models take)."""
+        layer = self.get_input_embeddings()
+        if not isinstance(layer, keras.layers.Embedding):
+            raise ValueError(f"{type(self).__name__} has no token embedding to set")
+        if tuple(value.shape) != tuple(layer.embeddings.shape):
+            raise ValueError(
+                f"set_input_embeddings: a table of shape {tuple(layer.embeddings.shape)} expected, got "
+                f"{tuple(value.shape)} (a new vocabulary size: resize with clip_torch, then convert)"
+            )
+        layer.embeddings.assign(tf.cast(value, layer.embeddings.dtype))
+
+    def save_pretrained(
+        self,
+        save_directory,
+        formats=None,
+        max_shard_size=None,
+        saved_model=False,
+        version=1,
+        signatures=None,
+        **kwargs,
+    ) -> list[str]:
+        """config.json and tf_model.h5 (transformers' TF default, which its TFCLIPModel reads; ``formats``
+        or ``safe_serialization=True`` for model.safetensors). ``saved_model=True`` also exports a
+        TensorFlow SavedModel to ``saved_model/<version>`` with the ``serving`` signature."""
+        written = self._save(save_directory, self.canonical_state(), formats, max_shard_size, **kwargs)
+        if saved_model and kwargs.get("is_main_process", True):
+            target = os.path.join(save_directory, "saved_model", str(version))
+            written.append(self.export_saved_model(target, signatures))
+        return written
+
+    # -- serving: tf.saved_model.save(model) and save_pretrained(saved_model=True) -----------------
+
+    @property
+    def input_signature(self) -> dict[str, tf.TensorSpec]:
+        """The serving inputs, as transformers': int32 ids and mask ``[batch, seq]``, float32
+        channels-first ``pixel_values`` ``[batch, channels, size, size]``."""
+        signature = {}
+        if not self.model_kind.startswith("vision"):
+            for name in ("input_ids", "attention_mask"):
+                signature[name] = tf.TensorSpec([None, None], tf.int32, name=name)
+        if not self.model_kind.startswith("text"):
+            vision = getattr(self.config, "vision_config", self.config)
+            shape = [None, vision.num_channels, vision.image_size, vision.image_size]
+            signature["pixel_values"] = tf.TensorSpec(shape, tf.float32, name="pixel_values")
+        return signature
+
+    @property
+    def serving(self):
+        """A tf.function of a dict of inputs -> a dict of the output's tensors in float32 (the serving
+        signature)."""
+        if "_serving_function" not in self.__dict__:
+            self._serving_function = tf.function(self._serve)
+        return self._serving_function
+
+    def _serve(self, inputs):
+        output = self(**inputs, return_dict=True, training=False)
+        return {key: tf.cast(value, tf.float32) for key, value in output.items() if tf.is_tensor(value)}
+
+    def serving_signatures(self) -> dict:
+        """{"serving_default": int32 inputs, "int64_serving": int64 inputs}, as transformers exports."""
+        int64 = {
+            k: tf.TensorSpec(v.shape, tf.int64 if v.dtype == tf.int32 else v.dtype, name=k)
+            for k, v in self.input_signature.items()
+        }
+        return {
+            "serving_default": self.serving.get_concrete_function(self.input_signature),
+            "int64_serving": self.serving.get_concrete_function(int64),
+        }
+
+    @property
+    def _default_save_signature(self):
+        # What tf.saved_model.save(model) exports when given no signatures (Keras' own default
+        # assumes a functional model's inputs and cannot trace this one).
+        return self.serving.get_concrete_function(self.input_signature)
+
+    def export_saved_model(self, path, signatures=None) -> str:
+        """Write a TensorFlow SavedModel (serving signatures as ``serving_signatures``) to ``path``,
+        built beside it and moved into place."""
+        path = os.path.abspath(os.fspath(path))
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+        try:
+            tf.saved_model.save(self, tmp, signatures=signatures or self.serving_signatures())
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp)
+        return path
+
+
+_POLICY_NAMES = ("float32", "bfloat16", "float16", "mixed_bfloat16", "mixed_float16")

@@ -245,10 +245,10 @@ def test_text_pooling_rule():
 
 def _clip_loss_fn(model, ref, **module_kwargs):
     def loss(params):
-        out = model.module.apply(
+        out = model.module.apply(  # the Linen module takes channels-last pixels, as transformers'
             {"params": params},
             ref.input_ids,
-            ref.pixel_values,
+            ref.pixel_values.transpose(0, 2, 3, 1),
             ref.attention_mask,
             **module_kwargs,
         )
@@ -327,7 +327,7 @@ def test_bfloat16_compute_stays_close_to_float32(ref):
     bf16 = FlaxCLIPModel(ref.config, dtype=jnp.bfloat16, _do_init=False)
     bf16.params = ref.ours.params  # fp32 params, bf16 compute
     forward = jax.jit(lambda p, i, x, a: bf16.module.apply({"params": p}, i, x, a))
-    ours = forward(ref.ours.params, ref.input_ids, ref.pixel_values, ref.attention_mask)
+    ours = forward(ref.ours.params, ref.input_ids, ref.pixel_values.transpose(0, 2, 3, 1), ref.attention_mask)
     full = ref.ours(ref.input_ids, ref.pixel_values, attention_mask=ref.attention_mask)
     assert ours.text_model_output.last_hidden_state.dtype == jnp.bfloat16
     assert ours.logits_per_image.dtype == jnp.float32
@@ -450,8 +450,10 @@ def test_bad_inputs_under_jit_and_in_module_apply(tiny):
         jax.jit(lambda i: tiny.get_text_features(i))(bad_ids(seq=17))
     with pytest.raises(ValueError, match="as many texts as images"):
         jax.jit(lambda i, p: tiny.module.apply({"params": tiny.params}, i, p, return_loss=True))(
-            bad_ids(), bad_pixels(batch=3)
+            bad_ids(), bad_pixels(batch=3).transpose(0, 2, 3, 1)
         )
+    with pytest.raises(ValueError, match="channels-last"):  # the module's layout, as transformers'
+        tiny.module.apply({"params": tiny.params}, bad_ids(), bad_pixels())
     # Concrete ids reaching the module directly are still checked by value.
     with pytest.raises(ValueError, match="input_ids must lie in"):
         tiny.module.apply(

@@ -39,9 +39,9 @@ def test_resized_hw():
 
 def test_center_crop_offsets_and_padding():
     image = np.arange(5 * 6, dtype=np.uint8).reshape(5, 6, 1)
-    crop = image_transforms._center_crop(image, (2, 3))
+    crop = image_transforms.center_crop_hwc(image, (2, 3))
     assert np.array_equal(crop, image[1:3, 1:4])  # offset (size - crop) // 2
-    padded = image_transforms._center_crop(image, (7, 6))  # one zero row above, one below
+    padded = image_transforms.center_crop_hwc(image, (7, 6))  # one zero row above, one below
     assert padded.shape == (7, 6, 1)
     assert not padded[0].any() and not padded[-1].any() and np.array_equal(padded[1:6], image)
 

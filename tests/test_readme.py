@@ -43,5 +43,10 @@ def test_usage_blocks_run(tmp_path, monkeypatch):
         exec(compile(block.replace("path/to/clip-folder", str(tmp_path / "clip")), README, "exec"), scope)
     assert scope["probs"].shape == (2, 2)
     assert np.isfinite(float(scope["out"].loss))
-    for backend in ("torch", "tf", "flax"):
-        assert os.path.exists(tmp_path / f"out-{backend}" / "model.safetensors")
+    # TF writes tf_model.h5 by default, as transformers' TF classes (which cannot read safetensors)
+    for backend, weights in (
+        ("torch", "model.safetensors"),
+        ("tf", "tf_model.h5"),
+        ("flax", "model.safetensors"),
+    ):
+        assert os.path.exists(tmp_path / f"out-{backend}" / weights)

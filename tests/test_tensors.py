@@ -87,7 +87,7 @@ def test_jax():
 def test_tensorflow():  # tensorflow takes ~20 s to import
     tf = pytest.importorskip("tensorflow")
     assert to_framework(np.ones((2, 2), np.float32), "tf").dtype == tf.float32
-    assert as_tensor([[1, 2]], "tf").dtype == tf.int64
+    assert as_tensor([[1, 2]], "tf").dtype == tf.int32  # as transformers (tf.constant of Python ints)
 
 
 def test_clip_core_imports_no_framework():

@@ -347,7 +347,7 @@ def test_keras_save_and_load(ref, tmp_path):
 
 
 def test_save_pretrained_is_read_by_transformers(ref, tmp_path):
-    ref.ours.save_pretrained(str(tmp_path))
+    ref.ours.save_pretrained(str(tmp_path), safe_serialization=True)  # model.safetensors
     reloaded = transformers.CLIPModel.from_pretrained(str(tmp_path)).eval()
     inputs = ref.torch_inputs(
         input_ids=ref.input_ids, attention_mask=ref.attention_mask, pixel_values=ref.pixel_values
@@ -359,9 +359,10 @@ def test_save_pretrained_is_read_by_transformers(ref, tmp_path):
 
 
 def test_save_pretrained_h5(ref, tmp_path):
-    # h5 alone: given a model.safetensors too, transformers' TF loader prefers it and then fails on
-    # safetensors 0.8's safe_open (its own bug, not about our file).
-    ref.ours.save_pretrained(str(tmp_path), formats=("h5",))
+    # The default: h5 alone, as transformers' TF classes write. Given a model.safetensors too,
+    # transformers' TF loader prefers it and then fails on safetensors 0.8's safe_open (its own bug).
+    written = ref.ours.save_pretrained(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in written) == ["config.json", "tf_model.h5"]
     theirs = HFTFCLIPModel.from_pretrained(str(tmp_path))
     kwargs = dict(input_ids=ref.input_ids, pixel_values=ref.pixel_values, attention_mask=ref.attention_mask)
     assert_close(ref.ours(**kwargs).logits_per_image, theirs(**kwargs).logits_per_image, "tf_model.h5 logits")

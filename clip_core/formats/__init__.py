@@ -22,7 +22,7 @@ import importlib.util
 import os
 from collections.abc import Mapping, Sequence
 
-from clip_core.files import find_file, resolve_file
+from clip_core.files import HubOptions, find_file, resolve_file
 from clip_core.folder_save import check_folder, verify_files
 from clip_core.formats.base import CheckpointReader, parse_size, read_index, superseded_in, weights_family
 from clip_core.formats.h5_format import TF_MODEL_NAMES, open_h5, save_h5
@@ -111,14 +111,59 @@ def _torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def find_weights_file(pretrained: str, cache_dir: str | None = None) -> str:
+# The weights files of each format, the file first, then its shard index.
+FILES_BY_FORMAT = {
+    "safetensors": WEIGHTS_FILES[0:2],
+    "pytorch": WEIGHTS_FILES[2:4],
+    "tf": WEIGHTS_FILES[4:6],
+    "flax": WEIGHTS_FILES[6:8],
+}
+
+
+def _variant_name(filename: str, variant: str | None) -> str:
+    """transformers' variant spelling: ``model.fp16.safetensors``, ``model.safetensors.index.fp16.json``."""
+    if not variant:
+        return filename
+    stem, ext = filename.rsplit(".", 1)
+    return f"{stem}.{variant}.{ext}"
+
+
+def candidate_files(prefer: str | None = None, use_safetensors: bool | None = None) -> tuple[str, ...]:
+    """The weights files to look for, in order.
+
+    ``prefer`` ("safetensors", "pytorch", "tf", "flax": transformers' ``from_tf`` / ``from_flax`` /
+    ``from_pt``) moves that format to the front; ``use_safetensors=True`` looks for safetensors
+    only, ``False`` for everything else (transformers' meaning).
+    """
+    order = list(ALL_FORMATS)
+    if prefer is not None:
+        order.remove(prefer)
+        order.insert(0, prefer)
+    if use_safetensors is True:
+        order = ["safetensors"]
+    elif use_safetensors is False:
+        order = [f for f in order if f != "safetensors"]
+    return tuple(name for fmt in order for name in FILES_BY_FORMAT[fmt])
+
+
+def find_weights_file(
+    pretrained: str,
+    cache_dir: str | None = None,
+    hub: HubOptions | None = None,
+    prefer: str | None = None,
+    use_safetensors: bool | None = None,
+    variant: str | None = None,
+) -> str:
     """The weights file (or shard index) to read for a folder or Hub id, in preference order.
 
-    pytorch_model.bin is skipped when torch is missing and another format is there.
+    pytorch_model.bin is skipped when torch is missing and another format is there. ``hub`` holds
+    the Hub / subfolder options, ``prefer`` / ``use_safetensors`` / ``variant`` are
+    transformers' keywords (see ``candidate_files``).
     """
     skipped_bin = None
-    for filename in WEIGHTS_FILES:
-        path = find_file(pretrained, filename, cache_dir=cache_dir)
+    candidates = candidate_files(prefer, use_safetensors)
+    for filename in candidates:
+        path = find_file(pretrained, _variant_name(filename, variant), cache_dir=cache_dir, hub=hub)
         if path is None:
             continue
         if filename.startswith("pytorch_model") and not _torch_available():
@@ -126,22 +171,25 @@ def find_weights_file(pretrained: str, cache_dir: str | None = None) -> str:
             continue
         if filename.endswith(".index.json") and not os.path.isdir(pretrained):
             for shard in sorted(set(read_index(path).values())):  # fetch the shards beside their index
-                resolve_file(pretrained, shard, cache_dir=cache_dir)
+                resolve_file(pretrained, shard, cache_dir=cache_dir, hub=hub)
         return path
     if skipped_bin:
         return skipped_bin  # its reader explains that torch is needed
-    raise FileNotFoundError(f"no weights file in {pretrained} (looked for {', '.join(WEIGHTS_FILES)})")
+    where = os.path.join(pretrained, hub.subfolder) if hub and hub.subfolder else pretrained
+    looked_for = ", ".join(_variant_name(f, variant) for f in candidates)
+    raise FileNotFoundError(f"no weights file in {where} (looked for {looked_for})")
 
 
 def open_checkpoint(
-    pretrained: str | os.PathLike, cache_dir: str | None = None, verify: bool = False
+    pretrained: str | os.PathLike, cache_dir: str | None = None, verify: bool = False, **options
 ) -> CheckpointReader:
     """Lazy reader for a folder, a weights file (or shard index), or a Hub id (through its cache).
 
+    ``options``: ``hub``, ``prefer``, ``use_safetensors``, ``variant`` (see ``find_weights_file``).
     verify: first compare the weights file (the index and every shard) with the folder's
     checksums.sha256; a missing manifest or any difference is a CheckpointError."""
     pretrained = os.fspath(pretrained)
-    path = pretrained if os.path.isfile(pretrained) else find_weights_file(pretrained, cache_dir)
+    path = pretrained if os.path.isfile(pretrained) else find_weights_file(pretrained, cache_dir, **options)
     folder = os.path.dirname(os.path.abspath(path))
     check_folder(folder)
     if verify:
