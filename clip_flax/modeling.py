@@ -62,7 +62,6 @@ ACTIVATIONS = activations(
     relu=jax.nn.relu,
 )
 
-# ---------------------------------------------------------------------------------------------
 # Layer helpers. Linen's own initialisers give ``module.init`` a usable random model; the
 # wrappers' init_weights draws every parameter by clip_core's rules (as transformers' PyTorch).
 
@@ -98,7 +97,6 @@ class _Block(nn.Module):
         return dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
 
-# ---------------------------------------------------------------------------------------------
 # Embeddings
 
 
@@ -141,7 +139,6 @@ class CLIPVisionEmbeddings(_Block):
         return jnp.concatenate([class_token, patches], axis=1) + positions[None]
 
 
-# ---------------------------------------------------------------------------------------------
 # Attention, MLP, encoder layer, encoder
 
 
@@ -243,7 +240,6 @@ class CLIPEncoder(_Block):
         return self.layers(hidden_states, attention_bias, deterministic, **flags)
 
 
-# ---------------------------------------------------------------------------------------------
 # Text and vision transformers
 
 
@@ -274,8 +270,8 @@ class CLIPTextTransformer(_Block):
     def __call__(
         self,
         input_ids,
-        attention_mask=None,
-        position_ids=None,
+        attention_mask: jnp.ndarray | None = None,
+        position_ids: jnp.ndarray | None = None,
         deterministic=True,
         output_attentions=False,
         output_hidden_states=False,
@@ -329,7 +325,6 @@ class CLIPVisionTransformer(_Block):
         return outputs.BaseModelOutputWithPooling(last, pooled, all_hidden, attentions)
 
 
-# ---------------------------------------------------------------------------------------------
 # Loss
 
 
@@ -349,7 +344,6 @@ def l2_normalize(x):
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
-# ---------------------------------------------------------------------------------------------
 # Linen modules of the public classes (input checks on what JAX knows while tracing: shapes
 # always, id values when concrete)
 
@@ -393,8 +387,8 @@ class _TextModule(_Head):
     def __call__(
         self,
         input_ids,
-        attention_mask=None,
-        position_ids=None,
+        attention_mask: jnp.ndarray | None = None,
+        position_ids: jnp.ndarray | None = None,
         deterministic=True,
         output_attentions=None,
         output_hidden_states=None,
@@ -485,8 +479,8 @@ class FlaxCLIPModule(_Head):
         self,
         input_ids,
         pixel_values,
-        attention_mask=None,
-        position_ids=None,
+        attention_mask: jnp.ndarray | None = None,
+        position_ids: jnp.ndarray | None = None,
         deterministic=True,
         output_attentions=None,
         output_hidden_states=None,
@@ -511,16 +505,15 @@ class FlaxCLIPModule(_Head):
         return as_requested(output, self.config, return_dict)
 
 
-# ---------------------------------------------------------------------------------------------
 # Public classes: a Linen module plus the params it runs with
 
 
 class _TextPreTrainedModel(FlaxCLIPPreTrainedModel):
     def __call__(
         self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
+        input_ids: jnp.ndarray | None = None,
+        attention_mask: jnp.ndarray | None = None,
+        position_ids: jnp.ndarray | None = None,
         params=None,
         dropout_rng=None,
         train=False,
@@ -537,7 +530,7 @@ class _TextPreTrainedModel(FlaxCLIPPreTrainedModel):
 class _VisionPreTrainedModel(FlaxCLIPPreTrainedModel):
     def __call__(
         self,
-        pixel_values=None,
+        pixel_values: jnp.ndarray | None = None,
         params=None,
         dropout_rng=None,
         train=False,
@@ -619,10 +612,10 @@ class FlaxCLIPModel(FlaxCLIPPreTrainedModel):
 
     def __call__(
         self,
-        input_ids=None,
-        pixel_values=None,
-        attention_mask=None,
-        position_ids=None,
+        input_ids: jnp.ndarray | None = None,
+        pixel_values: jnp.ndarray | None = None,
+        attention_mask: jnp.ndarray | None = None,
+        position_ids: jnp.ndarray | None = None,
         params=None,
         dropout_rng=None,
         train=False,
@@ -643,9 +636,9 @@ class FlaxCLIPModel(FlaxCLIPPreTrainedModel):
 
     def get_text_features(
         self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
+        input_ids: jnp.ndarray | None = None,
+        attention_mask: jnp.ndarray | None = None,
+        position_ids: jnp.ndarray | None = None,
         params=None,
         dropout_rng=None,
         train=False,
@@ -660,7 +653,7 @@ class FlaxCLIPModel(FlaxCLIPPreTrainedModel):
 
     def get_image_features(
         self,
-        pixel_values=None,
+        pixel_values: jnp.ndarray | None = None,
         params=None,
         dropout_rng=None,
         train=False,
