@@ -25,7 +25,7 @@ def _models(ctx):
     ours.load_canonical_state(ctx.state)
     folder = tempfile.mkdtemp(prefix="clip-bench-tf-")
     ours.save_pretrained(folder)
-    return ours, HFTFCLIPModel.from_pretrained(folder, from_pt=True)
+    return ours, HFTFCLIPModel.from_pretrained(folder)  # our TF default, tf_model.h5, as theirs
 
 
 def _row(what, ours_name, ours_seconds, theirs_seconds, batch):
