@@ -56,6 +56,7 @@ from clip_core.formats import find_weights_file, format_names, open_checkpoint, 
 from clip_core.formats.base import CheckpointReader, extended_dtype, is_floating, nbytes, read_index
 from clip_core.names import (
     CANONICAL_ROOTS,
+    DTYPE_ALIASES,
     CheckpointError,
     canonical_shapes,
     fit_problems,
@@ -69,15 +70,6 @@ from clip_core.openai_checkpoints import (
     is_openai_state_dict,
 )
 
-DTYPES = {
-    None: None,
-    "fp32": "float32",
-    "float32": "float32",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "fp16": "float16",
-    "float16": "float16",
-}
 TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
@@ -356,9 +348,9 @@ def convert(
     start = time.perf_counter()
     source, destination = os.fspath(source), os.path.abspath(os.fspath(destination))
     fmts = format_names(formats)
-    if dtype not in DTYPES:
+    if dtype is not None and dtype not in DTYPE_ALIASES:
         raise ValueError(f"unknown dtype {dtype!r}: choose from fp32, bf16, fp16")
-    target_dtype = DTYPES[dtype]
+    target_dtype = None if dtype is None else DTYPE_ALIASES[dtype]
     parent, base = os.path.split(destination)
     created = []
     try:

@@ -39,6 +39,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from clip_core.names import DTYPE_ALIASES
+
 # backend name -> (module, class, the pip extra that provides its framework)
 BACKENDS = {
     "torch": ("clip_torch.encoder", "TorchEncoder", "torch"),
@@ -98,23 +100,14 @@ def checked_tokens(config, input_ids, attention_mask=None) -> tuple[np.ndarray, 
     return ids.astype(np.int32), mask.astype(np.int32)
 
 
-DTYPE_NAMES = {
-    None: "float32",
-    "fp32": "float32",
-    "float32": "float32",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "fp16": "float16",
-    "float16": "float16",
-}
-
-
 def dtype_name(dtype) -> str:
     """ "float32", "bfloat16" or "float16" for a short or long name (or a framework dtype's str)."""
-    name = None if dtype is None else str(dtype).rsplit(".", 1)[-1]
-    if name not in DTYPE_NAMES:
+    if dtype is None:
+        return "float32"
+    name = str(dtype).rsplit(".", 1)[-1]
+    if name not in DTYPE_ALIASES:
         raise ValueError(f"unknown dtype {dtype!r}: choose one of fp32, bf16, fp16")
-    return DTYPE_NAMES[name]
+    return DTYPE_ALIASES[name]
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

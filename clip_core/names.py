@@ -15,6 +15,18 @@ import numpy as np
 
 from clip_core.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
+# The floating dtypes a model computes or stores in, and every name users give them (the CLI's short
+# names and numpy's); each caller decides what no dtype means.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+DTYPE_ALIASES = {
+    "fp32": "float32",
+    "float32": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+}
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model: the file and tensors are named."""

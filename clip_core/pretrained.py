@@ -39,6 +39,7 @@ from clip_core.folder_save import check_folder, verify_files
 from clip_core.formats.base import is_floating
 from clip_core.modeling_utils import as_config, check_attn_implementation
 from clip_core.names import (
+    DTYPE_NAMES,
     CheckpointError,
     canonical_shapes,
     fit_problems,
@@ -47,8 +48,6 @@ from clip_core.names import (
     select_for_model,
 )
 from clip_core.weights import open_checkpoint, save_folder
-
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 # Accepted for compatibility; they change nothing here (and say why).
 _NO_EFFECT = {

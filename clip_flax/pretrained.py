@@ -24,6 +24,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from clip_core import validation
 from clip_core.layouts import canonical_name_from_flax, from_flax_params, to_flax_params
 from clip_core.modeling_utils import as_config, check_attn_implementation, init_rule, is_embedding_table
+from clip_core.names import DTYPE_NAMES
 from clip_core.pretrained import PretrainedModelMixin
 
 
@@ -159,9 +160,9 @@ class FlaxCLIPPreTrainedModel(PretrainedModelMixin):
             else getattr(dtype, "name", None) or getattr(dtype, "__name__", None)
         )
         name = str(name or dtype).removeprefix("torch.")
-        if name not in _DTYPE_NAMES:
+        if name not in DTYPE_NAMES:
             raise ValueError(
-                f"dtype must be one of {_DTYPE_NAMES} (or jnp.float32 / jnp.bfloat16 / jnp.float16), got {dtype!r}"
+                f"dtype must be one of {DTYPE_NAMES} (or jnp.float32 / jnp.bfloat16 / jnp.float16), got {dtype!r}"
             )
         return getattr(jnp, name)
 
@@ -224,9 +225,6 @@ class FlaxCLIPPreTrainedModel(PretrainedModelMixin):
         return self.module.apply(
             variables, *args, deterministic=not train, rngs=rngs, method=method, **kwargs
         )
-
-
-_DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
 def _leaves_by_canonical_name(params) -> dict:
