@@ -20,6 +20,18 @@ from clip_core.encoder import (
 )
 from clip_tf.modeling import TFCLIPModel, apply_dense, apply_layer_norm
 
+
+class _QuietBucketRetracing:
+    """Drops TF's "triggered tf.function retracing" warning. The encoder traces once per shape
+    bucket on purpose (a handful of shapes, each compiled by XLA once); the warning, meant for
+    accidental retracing, would otherwise print several times in every long clip-embed run."""
+
+    def filter(self, record) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+_RETRACING_FILTER = _QuietBucketRetracing()
+
 # Keras dtype policies by compute dtype; bf16/fp16 compute keeps float32 variables.
 _POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -43,6 +55,7 @@ class TFEncoder:
             )
         self.model = model
         self.config = model.config
+        tf.get_logger().addFilter(_RETRACING_FILTER)  # the same filter object: added once
         self._images = tf.function(lambda p: model.get_image_features(pixel_values=p), jit_compile=True)
         self._texts = tf.function(
             lambda i, m: model.get_text_features(input_ids=i, attention_mask=m), jit_compile=True
