@@ -357,6 +357,17 @@ def _copy_processing_files(source, folder: str) -> None:
             shutil.copyfile(path, os.path.join(folder, name))
 
 
+def _model_tokenizer(folder: str, config):
+    """The model's own tokenizer from the files copied into ``folder``, if they are there and fit its
+    vocabulary (the probe's captions then mean what they say to a model trained on them); else None."""
+    if not all(os.path.isfile(os.path.join(folder, name)) for name in ("vocab.json", "merges.txt")):
+        return None
+    from clip_core.tokenization import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(folder)
+    return tokenizer if len(tokenizer) <= config.text_config.vocab_size else None
+
+
 def export(
     model,
     out: str | os.PathLike,
@@ -396,7 +407,7 @@ def export(
             config = source.config
             config.save_pretrained(folder)
             _copy_processing_files(model, folder)
-            probe = make_probe(config)
+            probe = make_probe(config, tokenizer=_model_tokenizer(folder, config))
             batches = check_batches(probe, config, options.towers)
             reference = run_all(lambda tower, batch: backend.features(source, tower, batch, options), batches)
             run = backend.runner(folder, options)

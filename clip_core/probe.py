@@ -48,11 +48,12 @@ def shape_mask(shape: str, size: int, centre: np.ndarray, radius: float) -> np.n
     return ((np.abs(dx) <= 0.25) & (np.abs(dy) <= 1.0)) | ((np.abs(dy) <= 0.25) & (np.abs(dx) <= 1.0))
 
 
-def make_probe(config, per_class: int = 2, seed: int = 0) -> Probe:
+def make_probe(config, per_class: int = 2, seed: int = 0, tokenizer=None) -> Probe:
     """Shapes images (``per_class`` of each colour-shape pair) and a caption per class, "a red circle".
 
-    Captions are tokenized with OpenAI's vocabulary when the model has it; a model with another
-    vocabulary gets random ids ending in its end-of-text rule (enough for checking an export).
+    Captions are tokenized with ``tokenizer`` (the model's own, when its folder has one), else with
+    OpenAI's vocabulary when the model has it; a model with neither gets random ids ending in its
+    end-of-text rule (enough for checking an export, meaningless for zero-shot accuracy).
     """
     vision, text = config.vision_config, config.text_config
     size = vision.image_size
@@ -68,15 +69,17 @@ def make_probe(config, per_class: int = 2, seed: int = 0) -> Probe:
         image[shape_mask(shape, size, centre, radius)] = COLOURS[colour]
         images[i] = np.clip(image + rng.normal(0, 8, image.shape), 0, 255)
     pixel_values = ((images / 255.0 - CLIP_MEAN) / CLIP_STD).transpose(0, 3, 1, 2).astype(np.float32)
-    ids, mask = caption_ids(text, [f"a {name}" for name in class_names], rng)
+    ids, mask = caption_ids(text, [f"a {name}" for name in class_names], rng, tokenizer)
     return Probe(pixel_values, labels, class_names, ids, mask)
 
 
-def caption_ids(text_config, captions: Sequence[str], rng) -> tuple[np.ndarray, np.ndarray]:
-    if text_config.vocab_size == 49408 and not text_config.uses_legacy_eos_pooling:
+def caption_ids(text_config, captions: Sequence[str], rng, tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
+    if tokenizer is None and text_config.vocab_size == 49408 and not text_config.uses_legacy_eos_pooling:
         from clip_core.tokenization import CLIPTokenizer
 
-        out = CLIPTokenizer()(list(captions), padding=True, return_tensors="np")
+        tokenizer = CLIPTokenizer()
+    if tokenizer is not None:
+        out = tokenizer(list(captions), padding=True, return_tensors="np")
         return np.asarray(out["input_ids"], np.int64), np.asarray(out["attention_mask"], np.int64)
     n, length = len(captions), min(8, text_config.max_position_embeddings)
     eos = text_config.vocab_size - 1 if text_config.uses_legacy_eos_pooling else text_config.eos_token_id
