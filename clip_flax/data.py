@@ -32,17 +32,20 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from clip_core.image_inputs import check_pixels
 from clip_core.probe import COLOURS, SHAPES  # one palette: clip-export probes what this trains on
 
 logger = logging.getLogger(__name__)
@@ -114,11 +117,25 @@ def check_image(path: str) -> str | None:
     return None
 
 
-def load_image(path: str) -> Image.Image:
-    """Decode an image fully (so that truncated files fail here, not later) as RGB."""
-    with Image.open(path) as im:
+def decoded_image(source, where: str) -> Image.Image:
+    """An image (a path or bytes) decoded fully, so that truncated files fail here, not later. Over
+    PIL's pixel limit (a decompression bomb) it is a ValueError naming ``where``, before decoding:
+    PIL itself only warns below twice its limit, and raises its own error type above."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below applies
+            im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{where}: {e}") from None
+    with im:
+        check_pixels(im.height, im.width, where)
         im.load()
-        return im.convert("RGB")
+        return im.copy()
+
+
+def load_image(path: str) -> Image.Image:
+    """Decode an image fully (see ``decoded_image``) as RGB."""
+    return decoded_image(path, path).convert("RGB")
 
 
 class _Reporting:
@@ -558,12 +575,11 @@ def iter_stream(
         epoch, block, shard_pos, sample_index, skip = epoch + 1, 0, 0, 0, 0
 
 
-def _decode(item: StreamItem, image_processor, out: np.ndarray) -> None:
-    import io
+MAX_DECODE_FAILURES_IN_A_ROW = 1000  # undecodable samples replaced in a row before the loader gives up
 
-    with Image.open(io.BytesIO(item.image)) as im:
-        im.load()
-        image_processor.preprocess_into(im, out)
+
+def _decode(item: StreamItem, image_processor, out: np.ndarray) -> None:
+    image_processor.preprocess_into(decoded_image(item.image, item.where), out)
 
 
 class ShardLoader:
@@ -704,15 +720,23 @@ class ShardLoader:
                             pool.submit(_decode, item, self.processor.image_processor, pixels[slot]),
                         )
                     )
+            failed_in_a_row = 0
             for slot, j, item, future in pending:
                 while future.exception() is not None:
                     error = future.exception()
                     self.report(
                         f"{item.where}: cannot decode the image ({type(error).__name__}: {error}); replaced"
                     )
+                    failed_in_a_row += 1
+                    if failed_in_a_row >= MAX_DECODE_FAILURES_IN_A_ROW:  # data without one good image
+                        raise DataError(
+                            f"{failed_in_a_row} images in a row could not be decoded, the last {item.where} "
+                            f"({type(error).__name__}: {error}): stopping rather than searching forever"
+                        )
                     item, state[j] = take(j)
                     captions[slot] = item.caption
                     future = pool.submit(_decode, item, self.processor.image_processor, pixels[slot])
+                failed_in_a_row = 0
             batch = tokenize(self.processor, captions, self.max_length)
             batch["pixel_values"] = pixels
             batch["data_state"] = state.copy()
@@ -799,11 +823,8 @@ class ShardSamples(_Reporting):
         return self.items[i].where
 
     def load(self, i: int):
-        import io
-
-        with Image.open(io.BytesIO(self.items[i].image)) as im:
-            im.load()
-            return im.convert("RGB"), self.items[i].caption
+        item = self.items[i]
+        return decoded_image(item.image, item.where).convert("RGB"), item.caption
 
 
 def encode_eval_set(dataset, indices: Sequence[int], processor, max_length: int, batch_size: int = 256):

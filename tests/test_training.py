@@ -7,12 +7,14 @@ compilation stays short.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -532,6 +534,41 @@ def test_shard_loader_skips_and_replaces_bad_samples(tmp_path):
     np.testing.assert_array_equal(batch["pixel_values"][3], whole["pixel_values"][0])
     # Epoch 0, block 5 next, from sample 6 of the first shard: all 6 samples were read (5 blocks of 1).
     assert batch["data_state"].tolist() == [[0, 5, 0, 6, 0]]
+
+
+def test_shard_loader_refuses_decompression_bombs_before_decoding(tmp_path, monkeypatch):
+    """Over PIL's pixel limit a sample is reported and replaced, whether PIL would only warn (under
+    twice its limit: it would decode it) or raise its own error type (above); a shard without one
+    decodable image stops the loader with a DataError instead of searching forever."""
+    from tests.test_shards import write_shard
+
+    def png(side: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 150)  # the 12 x 12 samples (144 pixels) pass
+    samples = [("k0", {"png": png(14), "txt": b"warned"}), ("k1", {"png": png(30), "txt": b"raised"})]
+    samples += [(f"k{i}", {"png": _png_bytes(i), "txt": f"good {i}".encode()}) for i in (2, 3)]
+    write_shard(str(tmp_path / "s.tar"), samples)
+    processor = D.make_processor(clip_config("micro"))
+    loader = D.ShardLoader([str(tmp_path / "s.tar")], 2, processor, 8, num_streams=1, block_size=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL never gets to decode
+        _, batch = next(loader.iter_from(0, 1))
+    captions = [processor.tokenizer.decode(ids, skip_special_tokens=True) for ids in batch["input_ids"]]
+    assert captions == ["good 2", "good 3"]
+    decode_problems = [p for p in loader.problems if "cannot decode" in p]
+    assert len(decode_problems) == 2
+    assert all("ValueError" in p and "decompression bomb" in p for p in decode_problems)
+    with pytest.raises(ValueError, match=r"k0.*decompression bomb"):
+        D.decoded_image(png(14), "k0")
+    # only bombs: a clear error after MAX_DECODE_FAILURES_IN_A_ROW replacements, not a hang
+    write_shard(str(tmp_path / "bad.tar"), samples[:2])
+    monkeypatch.setattr(D, "MAX_DECODE_FAILURES_IN_A_ROW", 10)
+    loader = D.ShardLoader([str(tmp_path / "bad.tar")], 2, processor, 8, num_streams=1, block_size=1)
+    with pytest.raises(D.DataError, match="10 images in a row could not be decoded"):
+        next(loader.iter_from(0, 1))
 
 
 def _png_bytes(seed: int) -> bytes:
