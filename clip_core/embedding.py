@@ -51,6 +51,7 @@ from PIL import Image
 
 from .encoder import dtype_name, load_encoder
 from .files import atomic_path, atomic_write_text, resolve_folder
+from .image_inputs import decode_image
 from .shards import IMAGE_EXTENSIONS, ShardError, iter_samples, list_shards, sample_caption, sample_image
 
 MANIFEST = "manifest.json"
@@ -384,10 +385,9 @@ class UnitResult:
 
 
 def open_image(source: str | os.PathLike | bytes) -> Image.Image:
-    """An image file (or its bytes), fully decoded: a truncated or corrupt file raises here."""
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-        image.load()
-        return image
+    """An image file (or its bytes), fully decoded: a truncated or corrupt file, or a decompression
+    bomb (refused before decoding), raises here."""
+    return decode_image(source)
 
 
 class UnitEncoder:

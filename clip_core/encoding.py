@@ -88,13 +88,11 @@ def open_image(image):
     """A path opened as a PIL image (a clear ValueError naming an unreadable file); anything else as is."""
     if not isinstance(image, (str, os.PathLike)):
         return image
-    from PIL import Image
+    from clip_core.image_inputs import decode_image
 
     path = os.fspath(image)
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
+        return decode_image(path).convert("RGB")
     except FileNotFoundError:
         raise ValueError(f"image file {path} does not exist") from None
     except (OSError, ValueError, SyntaxError) as e:

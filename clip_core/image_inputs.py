@@ -20,6 +20,7 @@ and 32-bit integer images, float images), are refused alike for PIL images and a
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -41,6 +42,24 @@ def check_pixels(height: int, width: int, what: str) -> None:
             "(PIL.Image.MAX_IMAGE_PIXELS; a decompression bomb?): refused before decoding it. Raise the "
             "limit only for images you trust"
         )
+
+
+def decode_image(source: str | os.PathLike | bytes, where: str | None = None) -> Image.Image:
+    """An image file (a path or the file's bytes) fully decoded, so that a truncated or corrupt file
+    fails here, not later. Over PIL.Image.MAX_IMAGE_PIXELS it is a ValueError naming ``where`` (default:
+    the path) before anything is decoded: PIL alone decodes such images under twice its limit (with
+    a warning) and raises its own error type above it. Other failures are PIL's own exceptions."""
+    what = where or (os.fspath(source) if not isinstance(source, bytes) else "the image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below applies
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{what}: {e}") from None
+    with image:
+        check_pixels(image.height, image.width, what)
+        image.load()
+    return image
 
 
 def check_resize(height: int, width: int, resized: tuple[int, int]) -> None:
@@ -98,16 +117,10 @@ def _open_path(path) -> Image.Image:
             f"image path {path!r} is not an existing file (URLs are not fetched: download first)"
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
-            with Image.open(path) as image:
-                check_pixels(image.height, image.width, path)
-                image.load()
-                return (
-                    image.copy()
-                    if image.mode != "P"
-                    else image.convert("RGBA" if "transparency" in image.info else "RGB")
-                )
+        image = decode_image(path)
+        if image.mode == "P":
+            return image.convert("RGBA" if "transparency" in image.info else "RGB")
+        return image
     except ValueError as e:
         if path in str(e):
             raise

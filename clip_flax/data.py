@@ -32,20 +32,18 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import logging
 import os
 import queue
 import threading
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clip_core.image_inputs import check_pixels
+from clip_core.image_inputs import decode_image
 from clip_core.probe import COLOURS, SHAPES  # one palette: clip-export probes what this trains on
 
 logger = logging.getLogger(__name__)
@@ -117,25 +115,9 @@ def check_image(path: str) -> str | None:
     return None
 
 
-def decoded_image(source, where: str) -> Image.Image:
-    """An image (a path or bytes) decoded fully, so that truncated files fail here, not later. Over
-    PIL's pixel limit (a decompression bomb) it is a ValueError naming ``where``, before decoding:
-    PIL itself only warns below twice its limit, and raises its own error type above."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the check below applies
-            im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"{where}: {e}") from None
-    with im:
-        check_pixels(im.height, im.width, where)
-        im.load()
-        return im.copy()
-
-
 def load_image(path: str) -> Image.Image:
-    """Decode an image fully (see ``decoded_image``) as RGB."""
-    return decoded_image(path, path).convert("RGB")
+    """Decode an image fully (clip_core.image_inputs.decode_image: bombs refused first) as RGB."""
+    return decode_image(path).convert("RGB")
 
 
 class _Reporting:
@@ -579,7 +561,7 @@ MAX_DECODE_FAILURES_IN_A_ROW = 1000  # undecodable samples replaced in a row bef
 
 
 def _decode(item: StreamItem, image_processor, out: np.ndarray) -> None:
-    image_processor.preprocess_into(decoded_image(item.image, item.where), out)
+    image_processor.preprocess_into(decode_image(item.image, item.where), out)
 
 
 class ShardLoader:
@@ -824,7 +806,7 @@ class ShardSamples(_Reporting):
 
     def load(self, i: int):
         item = self.items[i]
-        return decoded_image(item.image, item.where).convert("RGB"), item.caption
+        return decode_image(item.image, item.where).convert("RGB"), item.caption
 
 
 def encode_eval_set(dataset, indices: Sequence[int], processor, max_length: int, batch_size: int = 256):

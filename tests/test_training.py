@@ -562,7 +562,7 @@ def test_shard_loader_refuses_decompression_bombs_before_decoding(tmp_path, monk
     assert len(decode_problems) == 2
     assert all("ValueError" in p and "decompression bomb" in p for p in decode_problems)
     with pytest.raises(ValueError, match=r"k0.*decompression bomb"):
-        D.decoded_image(png(14), "k0")
+        D.decode_image(png(14), "k0")
     # only bombs: a clear error after MAX_DECODE_FAILURES_IN_A_ROW replacements, not a hang
     write_shard(str(tmp_path / "bad.tar"), samples[:2])
     monkeypatch.setattr(D, "MAX_DECODE_FAILURES_IN_A_ROW", 10)
