@@ -510,3 +510,24 @@ def test_clip_eval_reads_a_clip_embed_folder(tmp_path, capsys):
     assert eval_main(["retrieval", SHAPES_MODEL, "--embeddings", unfinished, "--quiet"]) == 1
     error = capsys.readouterr().err
     assert error.startswith("clip-eval: error:") and "has not finished" in error and unfinished in error
+
+
+def test_decompression_bombs_are_errors_not_decoded(data, tmp_path, monkeypatch):
+    """An image over PIL's pixel limit lands in errors.parquet as refused, before it is decoded, also
+    under twice the limit, where PIL alone would decode it with only a warning."""
+    import warnings
+
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / "big.png")  # 1,600 pixels
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "small.png")  # 400 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        result = embed(data["model"], str(folder), None, str(tmp_path / "out"))
+    assert (result.rows, result.errors) == (1, 1)
+    errors = pq.read_table(tmp_path / "out" / "errors.parquet").to_pydict()
+    assert [os.path.basename(p) for p in errors["path"]] == ["big.png"]
+    assert "decompression bomb" in errors["error"][0] and "big.png" in errors["error"][0]
