@@ -191,26 +191,17 @@ def auto_dtype(config, state: Mapping[str, np.ndarray]) -> str:
     return name
 
 
-def load_config(pretrained: str | os.PathLike, kind: str):
-    """The config a model of ``kind`` needs; a tower's config is taken from a full CLIP config too."""
-    return model_kind(kind).config_class.from_pretrained(pretrained)
-
-
 def load_pretrained(pretrained: str | os.PathLike, kind: str, config=None, verify: bool = False):
     """(config, state) for a model of ``kind``: state holds exactly its canonical tensors, checked.
 
+    The config is read from ``pretrained`` (a tower's from a full CLIP config too) unless given.
     Names and shapes are checked against the config before any tensor is read, and only the tensors
     the model takes are read. verify: compare config.json and the weights with the folder's
     checksums.sha256 first. A folder left mid-save is refused (clip_core.folder_save)."""
     request = LoadRequest(verify=verify)
     if os.path.isdir(pretrained):
         check_folder(pretrained)
-    if config is None:
-        if verify:
-            request.verify_config(pretrained)
-        config = load_config(pretrained, kind)
-    else:
-        config = as_config(config, model_kind(kind).config_class)
+    config, _ = request.config(kind, pretrained, config, {})
     return config, request.state(pretrained, config, kind)[0]
 
 
