@@ -47,7 +47,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 
 from .encoder import dtype_name, load_encoder
 from .files import atomic_path, atomic_write_text, resolve_folder
@@ -384,12 +383,6 @@ class UnitResult:
         return cls(meta["number"], image, text, meta["columns"], meta["errors"], meta["items"])
 
 
-def open_image(source: str | os.PathLike | bytes) -> Image.Image:
-    """An image file (or its bytes), fully decoded: a truncated or corrupt file, or a decompression
-    bomb (refused before decoding), raises here."""
-    return decode_image(source)
-
-
 class UnitEncoder:
     """Encodes units: images on ``num_workers`` threads a few batches ahead of the encoder, captions
     sorted by token length into batches padded to their own longest caption (short captions in
@@ -438,7 +431,7 @@ class UnitEncoder:
         if item.error is not None:
             return item.error
         try:
-            image = open_image(item.data if item.data is not None else item.path)
+            image = decode_image(item.data if item.data is not None else item.path)
             pixels = self.image_processor(image, return_tensors="np", num_threads=1)["pixel_values"][0]
         except Exception as e:  # any unreadable image is skipped and reported, never fatal
             return f"{type(e).__name__}: {e}"
@@ -1039,7 +1032,6 @@ __all__ = [
     "embed",
     "list_images",
     "load_embeddings",
-    "open_image",
     "plan_collection",
     "read_manifest",
     "read_table",

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .embedding import EmbedError, load_embeddings, open_image, read_manifest, require, shard_files
+from .embedding import EmbedError, load_embeddings, read_manifest, require, shard_files
 from .files import atomic_path, atomic_write_text
+from .image_inputs import decode_image
 
 EXACT_LIMIT = 100_000
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
@@ -288,7 +289,7 @@ class Index:
         for image in images:
             if isinstance(image, (str, os.PathLike)):
                 try:
-                    image = open_image(image)
+                    image = decode_image(image)
                 except Exception as e:  # PIL raises many types for unreadable files
                     raise EmbedError(
                         f"--image {os.fspath(image)!r}: cannot read it ({type(e).__name__}: {e})"
