@@ -51,7 +51,14 @@ import numpy as np
 from .encoder import dtype_name, load_encoder
 from .files import atomic_path, atomic_write_text, resolve_folder
 from .image_inputs import decode_image
-from .shards import IMAGE_EXTENSIONS, ShardError, iter_samples, list_shards, sample_caption, sample_image
+from .shards import (
+    IMAGE_SUFFIXES,
+    ShardError,
+    iter_samples,
+    list_shards,
+    sample_caption,
+    sample_image,
+)
 
 MANIFEST = "manifest.json"
 ERRORS = "errors.parquet"
@@ -59,7 +66,6 @@ FORMAT = "clip-multibackend embeddings 1"
 CAPTION_COLUMNS = ("caption", "text", "title")
 IMAGE_COLUMNS = ("image_path", "image", "filepath", "file_name", "file", "path")
 TABLE_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet")
-_IMAGE_SUFFIXES = tuple("." + extension for extension in IMAGE_EXTENSIONS)
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
@@ -145,7 +151,7 @@ def list_images(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list
         if os.path.isdir(pattern):
             for root, folders, files in os.walk(pattern):
                 folders.sort()
-                found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(_IMAGE_SUFFIXES)]
+                found += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_SUFFIXES)]
         elif glob.has_magic(pattern):
             found += sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
         elif os.path.isfile(pattern):

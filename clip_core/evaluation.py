@@ -32,11 +32,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from clip_core.encoding import encode_images, encode_texts
+from clip_core.shards import IMAGE_SUFFIXES
 
 IMAGE_KEYS = ("image", "image_path", "file_name", "filename", "file", "path", "filepath")
 LABEL_KEYS = ("label", "class", "category")
 CAPTION_KEYS = ("caption", "text", "title")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # metadata columns that identify an image in a clip-embed folder, in order of preference
 METADATA_IMAGE_KEYS = ("image_path", "image", "path", "filepath", "file_name", "filename", "url", "key")
 
@@ -106,7 +106,7 @@ def list_images(folder: str) -> list[str]:
     found = [
         p
         for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
-        if p.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(p)
+        if p.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(p)
     ]
     return sorted(found)
 

@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+IMAGE_SUFFIXES = tuple("." + extension for extension in IMAGE_EXTENSIONS)  # of image files in folders
 CAPTION_EXTENSIONS = ("txt", "caption", "text")
 _BRACE = re.compile(r"\{([^{}]*)\}")
 
